@@ -1,0 +1,27 @@
+"""The `tinythinker` console command: one subcommand group per module in `tinythinker_jax.commands`."""
+
+import argparse
+import importlib
+import sys
+
+# Each module defines `add_parser(subparsers)`, which registers its subcommands and sets
+# `func(args) -> int` on them. Heavy imports (TensorFlow, JAX) happen inside `func`, so
+# `tinythinker --help` stays fast.
+COMMAND_MODULES = ("data",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinythinker", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"tinythinker_jax.commands.{name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the `tinythinker` console command, one module each."""

@@ -1,0 +1,1 @@
+"""Benchmark questions, teacher records, splits and the built-in toy world."""

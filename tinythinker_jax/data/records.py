@@ -1,0 +1,227 @@
+"""The record types every part of the system shares, and their JSONL form.
+
+A question record is `{"id", "question", "options": [{"label", "text"}], "answer", "facts"}`.
+A teacher record is a question record plus `"rationales": [{"recall": str, "analyze": {label: str}}]`,
+one rationale per teacher sample. Validation and test files hold question records only.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+
+class DataError(ValueError):
+    """Bad input, located by file, line and field so a user can fix it."""
+
+    def __init__(self, path: str, line: int | None, field: str | None, message: str):
+        self.path, self.line, self.field = path, line, field
+        where = path if line is None else f"{path}:{line}"
+        what = f"field '{field}': " if field else ""
+        super().__init__(f"{where}: {what}{message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    label: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+    id: str
+    question: str
+    options: tuple[Option, ...]
+    answer: str
+    facts: tuple[str, ...] = ()
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(option.label for option in self.options)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rationale:
+    recall: str
+    analyze: Mapping[str, str]  # option label -> explanation for that option
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherRecord:
+    question: Question
+    rationales: tuple[Rationale, ...]
+
+
+def question_to_json(question: Question) -> dict[str, Any]:
+    return {
+        "id": question.id,
+        "question": question.question,
+        "options": [{"label": o.label, "text": o.text} for o in question.options],
+        "answer": question.answer,
+        "facts": list(question.facts),
+    }
+
+
+def teacher_record_to_json(record: TeacherRecord) -> dict[str, Any]:
+    return {
+        **question_to_json(record.question),
+        "rationales": [{"recall": r.recall, "analyze": dict(r.analyze)} for r in record.rationales],
+    }
+
+
+class _Fields:
+    """Typed access to one JSON object's fields, raising DataError with the location."""
+
+    def __init__(self, obj: Any, path: str, line: int | None, prefix: str = ""):
+        if not isinstance(obj, dict):
+            raise DataError(path, line, prefix or None, f"expected a JSON object, got {type(obj).__name__}")
+        self.obj, self.path, self.line, self.prefix = obj, path, line, prefix
+
+    def name(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def error(self, key: str, message: str) -> DataError:
+        return DataError(self.path, self.line, self.name(key), message)
+
+    def get(self, key: str, kind: type, *, optional: bool = False, default: Any = None) -> Any:
+        if key not in self.obj:
+            if optional:
+                return default
+            raise self.error(key, "missing")
+        value = self.obj[key]
+        if kind is str and not isinstance(value, str):
+            raise self.error(key, f"expected a string, got {json.dumps(value)[:60]}")
+        if kind is str and not value.strip():
+            raise self.error(key, "is empty")
+        if kind is list and not isinstance(value, list):
+            raise self.error(key, f"expected a list, got {type(value).__name__}")
+        if kind is dict and not isinstance(value, dict):
+            raise self.error(key, f"expected an object, got {type(value).__name__}")
+        if kind is bool and not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {json.dumps(value)[:60]}")
+        return value
+
+    def child(self, key: str, index: int | None = None) -> "_Fields":
+        value = self.obj[key] if index is None else self.obj[key][index]
+        name = self.name(key) if index is None else f"{self.name(key)}[{index}]"
+        return _Fields(value, self.path, self.line, name)
+
+
+def make_question(
+    id: str, question: str, options: Sequence[tuple[str, str]], answer: str, facts: Sequence[str] = (),
+    *, path: str = "<memory>", line: int | None = None,
+) -> Question:
+    """Builds a Question and checks what every consumer relies on."""
+    labels = [label for label, _ in options]
+    if len(options) < 2:
+        raise DataError(path, line, "options", f"needs at least two options, got {len(options)}")
+    for label, text in options:
+        if len(label) != 1 or not ("A" <= label <= "Z"):
+            raise DataError(path, line, "options", f"label {label!r} is not a single capital letter")
+        if not text.strip():
+            raise DataError(path, line, "options", f"option {label} has empty text")
+    if labels != sorted(labels) or len(set(labels)) != len(labels):
+        raise DataError(path, line, "options", f"labels {labels} are not distinct and in order")
+    if answer not in labels:
+        raise DataError(path, line, "answer", f"{answer!r} is not one of the labels {labels}")
+    return Question(
+        id=id, question=question.strip(),
+        options=tuple(Option(label, text.strip()) for label, text in options),
+        answer=answer, facts=tuple(facts),
+    )
+
+
+def _question_from_fields(fields: _Fields) -> Question:
+    options = []
+    for index, _ in enumerate(fields.get("options", list)):
+        option = fields.child("options", index)
+        options.append((option.get("label", str), option.get("text", str)))
+    facts = fields.get("facts", list, optional=True, default=[])
+    return make_question(
+        fields.get("id", str), fields.get("question", str), options, fields.get("answer", str),
+        [str(f) for f in facts], path=fields.path, line=fields.line,
+    )
+
+
+def _rationale_from_fields(fields: _Fields, labels: Sequence[str]) -> Rationale:
+    analyze = fields.get("analyze", dict)
+    for label in labels:
+        if label not in analyze:
+            raise fields.error(f"analyze.{label}", "missing: every option needs an analysis")
+    texts = {}
+    for label in labels:
+        text = analyze[label]
+        if not isinstance(text, str) or not text.strip():
+            raise fields.error(f"analyze.{label}", "expected a non-empty string")
+        texts[label] = text
+    extra = sorted(set(analyze) - set(labels))
+    if extra:
+        raise fields.error("analyze", f"labels {extra} are not options of this question")
+    return Rationale(recall=fields.get("recall", str), analyze=texts)
+
+
+def iter_json_lines(path: str) -> Iterator[tuple[int, Any]]:
+    """Yields (line number, parsed object) for each non-blank line of a JSONL file."""
+    with open(path, encoding="utf-8") as f:
+        for number, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                yield number, json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(path, number, None, f"not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def _check_unique_ids(items: Iterable[tuple[int, Question]], path: str) -> None:
+    seen: dict[str, int] = {}
+    for line, question in items:
+        if question.id in seen:
+            raise DataError(path, line, "id", f"duplicate id {question.id!r} (first on line {seen[question.id]})")
+        seen[question.id] = line
+
+
+def read_questions(path: str) -> list[Question]:
+    """Reads a question-record JSONL file (rationales, if present, are ignored)."""
+    located = [(line, _question_from_fields(_Fields(obj, path, line))) for line, obj in iter_json_lines(path)]
+    _check_unique_ids(located, path)
+    return [q for _, q in located]
+
+
+def read_teacher_records(path: str) -> list[TeacherRecord]:
+    """Reads a teacher-record JSONL file; every record must carry at least one rationale."""
+    records, located = [], []
+    for line, obj in iter_json_lines(path):
+        fields = _Fields(obj, path, line)
+        question = _question_from_fields(fields)
+        items = fields.get("rationales", list)
+        if not items:
+            raise fields.error("rationales", "is empty: a teacher record needs at least one rationale")
+        rationales = tuple(
+            _rationale_from_fields(fields.child("rationales", i), question.labels) for i in range(len(items))
+        )
+        located.append((line, question))
+        records.append(TeacherRecord(question, rationales))
+    _check_unique_ids(located, path)
+    return records
+
+
+def write_jsonl(path: str, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Writes rows atomically: readers see the old file or the whole new one, never a torn one."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Writes one JSON document atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
