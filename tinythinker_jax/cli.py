@@ -2,6 +2,7 @@
 
 import argparse
 import importlib
+import os
 import sys
 
 # Each module defines `add_parser(subparsers)`, which registers its subcommands and sets
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter hides our output
     args = build_parser().parse_args(argv)
     return args.func(args) or 0
 

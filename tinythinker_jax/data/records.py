@@ -69,13 +69,16 @@ def teacher_record_to_json(record: TeacherRecord) -> dict[str, Any]:
     }
 
 
-class _Fields:
+class JsonFields:
     """Typed access to one JSON object's fields, raising DataError with the location."""
 
     def __init__(self, obj: Any, path: str, line: int | None, prefix: str = ""):
         if not isinstance(obj, dict):
             raise DataError(path, line, prefix or None, f"expected a JSON object, got {type(obj).__name__}")
         self.obj, self.path, self.line, self.prefix = obj, path, line, prefix
+
+    def where(self) -> str:
+        return self.prefix if self.line is None else f"line {self.line}"
 
     def name(self, key: str) -> str:
         return f"{self.prefix}.{key}" if self.prefix else key
@@ -101,29 +104,29 @@ class _Fields:
             raise self.error(key, f"expected true or false, got {json.dumps(value)[:60]}")
         return value
 
-    def child(self, key: str, index: int | None = None) -> "_Fields":
+    def child(self, key: str, index: int | None = None) -> "JsonFields":
         value = self.obj[key] if index is None else self.obj[key][index]
         name = self.name(key) if index is None else f"{self.name(key)}[{index}]"
-        return _Fields(value, self.path, self.line, name)
+        return JsonFields(value, self.path, self.line, name)
 
 
 def make_question(
     id: str, question: str, options: Sequence[tuple[str, str]], answer: str, facts: Sequence[str] = (),
-    *, path: str = "<memory>", line: int | None = None,
+    *, path: str = "<memory>", line: int | None = None, options_field: str = "options", answer_field: str = "answer",
 ) -> Question:
-    """Builds a Question and checks what every consumer relies on."""
+    """Builds a Question and checks what every consumer relies on; errors use the file's own field names."""
     labels = [label for label, _ in options]
     if len(options) < 2:
-        raise DataError(path, line, "options", f"needs at least two options, got {len(options)}")
+        raise DataError(path, line, options_field, f"needs at least two options, got {len(options)}")
     for label, text in options:
         if len(label) != 1 or not ("A" <= label <= "Z"):
-            raise DataError(path, line, "options", f"label {label!r} is not a single capital letter")
+            raise DataError(path, line, options_field, f"label {label!r} is not a single capital letter")
         if not text.strip():
-            raise DataError(path, line, "options", f"option {label} has empty text")
+            raise DataError(path, line, options_field, f"option {label} has empty text")
     if labels != sorted(labels) or len(set(labels)) != len(labels):
-        raise DataError(path, line, "options", f"labels {labels} are not distinct and in order")
+        raise DataError(path, line, options_field, f"labels {labels} are not distinct and in order")
     if answer not in labels:
-        raise DataError(path, line, "answer", f"{answer!r} is not one of the labels {labels}")
+        raise DataError(path, line, answer_field, f"{answer!r} is not one of the labels {labels}")
     return Question(
         id=id, question=question.strip(),
         options=tuple(Option(label, text.strip()) for label, text in options),
@@ -131,7 +134,7 @@ def make_question(
     )
 
 
-def _question_from_fields(fields: _Fields) -> Question:
+def _question_from_fields(fields: JsonFields) -> Question:
     options = []
     for index, _ in enumerate(fields.get("options", list)):
         option = fields.child("options", index)
@@ -143,7 +146,7 @@ def _question_from_fields(fields: _Fields) -> Question:
     )
 
 
-def _rationale_from_fields(fields: _Fields, labels: Sequence[str]) -> Rationale:
+def _rationale_from_fields(fields: JsonFields, labels: Sequence[str]) -> Rationale:
     analyze = fields.get("analyze", dict)
     for label in labels:
         if label not in analyze:
@@ -172,18 +175,22 @@ def iter_json_lines(path: str) -> Iterator[tuple[int, Any]]:
                 raise DataError(path, number, None, f"not valid JSON ({e.msg} at column {e.colno})") from None
 
 
-def _check_unique_ids(items: Iterable[tuple[int, Question]], path: str) -> None:
-    seen: dict[str, int] = {}
-    for line, question in items:
+def check_unique_ids(located: Iterable[tuple["JsonFields", Question]], id_field: str = "id") -> None:
+    """Duplicate ids would silently merge two questions downstream, so they are an input error."""
+    seen: dict[str, str] = {}
+    for fields, question in located:
         if question.id in seen:
-            raise DataError(path, line, "id", f"duplicate id {question.id!r} (first on line {seen[question.id]})")
-        seen[question.id] = line
+            raise fields.error(id_field, f"duplicate id {question.id!r} (first at {seen[question.id]})")
+        seen[question.id] = fields.where()
 
 
 def read_questions(path: str) -> list[Question]:
     """Reads a question-record JSONL file (rationales, if present, are ignored)."""
-    located = [(line, _question_from_fields(_Fields(obj, path, line))) for line, obj in iter_json_lines(path)]
-    _check_unique_ids(located, path)
+    located = []
+    for line, obj in iter_json_lines(path):
+        fields = JsonFields(obj, path, line)
+        located.append((fields, _question_from_fields(fields)))
+    check_unique_ids(located)
     return [q for _, q in located]
 
 
@@ -191,7 +198,7 @@ def read_teacher_records(path: str) -> list[TeacherRecord]:
     """Reads a teacher-record JSONL file; every record must carry at least one rationale."""
     records, located = [], []
     for line, obj in iter_json_lines(path):
-        fields = _Fields(obj, path, line)
+        fields = JsonFields(obj, path, line)
         question = _question_from_fields(fields)
         items = fields.get("rationales", list)
         if not items:
@@ -199,9 +206,9 @@ def read_teacher_records(path: str) -> list[TeacherRecord]:
         rationales = tuple(
             _rationale_from_fields(fields.child("rationales", i), question.labels) for i in range(len(items))
         )
-        located.append((line, question))
+        located.append((fields, question))
         records.append(TeacherRecord(question, rationales))
-    _check_unique_ids(located, path)
+    check_unique_ids(located)
     return records
 
 

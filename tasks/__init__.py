@@ -1,0 +1,140 @@
+"""SeqIO tasks and mixtures of tinythinker-jax, installed as `tinythinker_tasks`.
+
+For every dataset (csqa, obqa, strategyqa, toyworld and its variants), `register_dataset` adds:
+
+    tinythinker.<dataset>.recall | .analyze | .summarize      full three-stage training examples
+    tinythinker.<dataset>.<stage_type>.<stage>                ablation stage types (summarize,
+                                                              recall_summarize, analyze_summarize)
+    tinythinker.<dataset>.<stage_type>_stages                 a mixture of one stage type's tasks
+    tinythinker.<dataset>.questions                           the questions of every split: recall
+                                                              prompt -> gold summary, for evaluation
+
+Stage tasks read the teacher records (JSONL) of the training split; the question task reads the
+TFDS build of the splits. Importing this module registers every dataset at its default location
+(see `tinythinker_jax.data.locations`); call `register_dataset` again, from code or gin, to point
+a dataset at another directory or vocabulary.
+"""
+
+import functools
+
+import gin
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from tinythinker_jax import formats
+from tinythinker_jax.data import benchmarks, examples, locations, records, tfds_builder
+
+# The input pipeline is host-side work; an accelerator belongs to JAX alone.
+tf.config.set_visible_devices([], "GPU")
+
+QUESTIONS = "questions"
+
+
+def stage_task_name(dataset: str, stage: str, stage_type: str = "full") -> str:
+    if stage_type == "full":
+        return f"tinythinker.{dataset}.{stage}"
+    return f"tinythinker.{dataset}.{stage_type}.{stage}"
+
+
+def stage_mixture_name(dataset: str, stage_type: str) -> str:
+    return f"tinythinker.{dataset}.{stage_type}_stages"
+
+
+def questions_task_name(dataset: str) -> str:
+    return f"tinythinker.{dataset}.{QUESTIONS}"
+
+
+def dataset_of_task(name: str) -> str:
+    """`tinythinker.csqa.analyze` -> `csqa`."""
+    parts = name.split(".")
+    if len(parts) < 3 or parts[0] != "tinythinker" or parts[1] not in benchmarks.BENCHMARKS:
+        raise ValueError(f"{name!r} is not a tinythinker task name (tinythinker.<dataset>.<stage>)")
+    return parts[1]
+
+
+def summary_accuracy(targets, predictions) -> dict[str, float]:
+    """Percent of predictions whose summary states the gold option; an unparseable summary is wrong."""
+    hits = [formats.parse_answer(p) is not None and formats.parse_answer(p) == formats.parse_answer(t)
+            for t, p in zip(targets, predictions)]
+    return {"accuracy": 100.0 * float(np.mean(hits)) if hits else 0.0}
+
+
+def _stage_dataset(teacher_file: str, stage: str, stage_type: str, split: str, shuffle_files: bool, seed=None):
+    del split, shuffle_files, seed  # one split, one file: shuffling is the trainer's
+    try:
+        teacher_records = records.read_teacher_records(teacher_file)
+    except FileNotFoundError:
+        raise records.DataError(
+            teacher_file, None, None,
+            "teacher records not found: run `tinythinker teacher run` (or `tinythinker data toyworld`) first",
+        ) from None
+    rows = examples.stage_examples(teacher_records, stage, stage_type)
+    return tf.data.Dataset.from_tensor_slices({key: [row[key] for row in rows] for key in ("id", "inputs", "targets")})
+
+
+def _question_prompt_strings(qid, question, labels, texts, answer):
+    """Formats a TFDS question with the format module, so the prompt strings exist in one place only."""
+    decoded = [label.decode() for label in labels]
+    q = records.make_question(qid.decode(), question.decode(), list(zip(decoded, (t.decode() for t in texts))),
+                              answer.decode())
+    return formats.recall_input(q), formats.summary_target(q.answer)
+
+
+@seqio.map_over_dataset
+def _question_to_text(example):
+    inputs, targets = tf.numpy_function(
+        _question_prompt_strings,
+        [example["id"], example["question"], example["options"]["label"], example["options"]["text"], example["answer"]],
+        [tf.string, tf.string],
+        stateful=False,
+    )
+    inputs.set_shape([])
+    targets.set_shape([])
+    return {**example, "inputs": inputs, "targets": targets}
+
+
+def _add_task(name: str, source: seqio.DataSource, preprocessors: list, output_features, metric_fns) -> None:
+    seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add(
+        name, source=source, output_features=output_features,
+        preprocessors=preprocessors + [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+        metric_fns=metric_fns,
+    )
+
+
+@gin.configurable
+def register_dataset(dataset: str, data_dir: str | None = None, vocabulary_path: str | None = None) -> None:
+    """(Re)registers every task and mixture of `dataset`, reading from `data_dir`."""
+    benchmarks.get_benchmark(dataset)
+    data_dir = data_dir or locations.dataset_dir(dataset)
+    vocabulary = seqio.SentencePieceVocabulary(
+        vocabulary_path or locations.default_vocabulary(dataset, data_dir), extra_ids=locations.EXTRA_IDS
+    )
+    output_features = {
+        "inputs": seqio.Feature(vocabulary, add_eos=True),
+        "targets": seqio.Feature(vocabulary, add_eos=True),
+    }
+    teacher_file = locations.teacher_path(data_dir)
+    for stage_type, stages in formats.STAGE_TYPES.items():
+        names = []
+        for stage in stages:
+            name = stage_task_name(dataset, stage, stage_type)
+            source = seqio.FunctionDataSource(
+                functools.partial(_stage_dataset, teacher_file, stage, stage_type), splits=("train",)
+            )
+            metric_fns = [summary_accuracy] if stage == formats.SUMMARIZE else []
+            _add_task(name, source, [], output_features, metric_fns)
+            names.append(name)
+        mixture = stage_mixture_name(dataset, stage_type)
+        seqio.MixtureRegistry.remove(mixture)
+        seqio.MixtureRegistry.add(mixture, [(name, 1.0) for name in names])
+    questions = seqio.TfdsDataSource(
+        tfds_name=tfds_builder.tfds_name(dataset), tfds_data_dir=locations.tfds_dir(data_dir),
+        splits=benchmarks.SPLITS,
+    )
+    _add_task(questions_task_name(dataset), questions, [_question_to_text], output_features, [summary_accuracy])
+
+
+for _dataset in benchmarks.BENCHMARKS:
+    register_dataset(_dataset)

@@ -1,0 +1,35 @@
+"""Shared fixtures: a SentencePiece vocabulary trained on the fly and the real benchmark files."""
+
+import os
+
+import pytest
+import sentencepiece as spm
+
+_VOCAB_TEXT = [
+    "Where would you find a sofa? (A) house (B) ocean (C) sky (D) desert (E) moon",
+    "Recall: Analyze: For option A, Summarize: So the answer is option B.",
+    "A sofa is furniture, and furniture is kept in a house, not in the ocean or the sky.",
+    "Does a zorblat eat copper? yes no Key Information: Explanations: is correct. Because incorrect.",
+]
+
+
+@pytest.fixture(scope="session")
+def small_vocab(tmp_path_factory) -> str:
+    """A tiny SentencePiece model with T5's special ids, so tests never need a download."""
+    prefix = str(tmp_path_factory.mktemp("vocab") / "spiece")
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_VOCAB_TEXT * 20), model_prefix=prefix, vocab_size=120, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False, num_threads=1, minloglevel=2,
+    )
+    return prefix + ".model"
+
+
+@pytest.fixture(scope="session")
+def benchmark_data_dir() -> str:
+    """The upstream benchmark files; tests that need them are skipped, with a reason, without them."""
+    path = os.environ.get("TINYTHINKER_DATA_DIR")
+    if not path:
+        pytest.skip("TINYTHINKER_DATA_DIR is not set: it must point at the raw benchmark files (CI sets it)")
+    if not os.path.isdir(path):
+        pytest.fail(f"TINYTHINKER_DATA_DIR={path} is not a directory")
+    return path
