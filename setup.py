@@ -15,8 +15,9 @@ INSTALL_REQUIRES = [
     "tensorflow-text==2.21.1",
     "tensorflow-datasets==4.9.10",
     "sentencepiece==0.2.3",
-    "safetensors",
-    "tqdm",
+    "importlib_resources==7.1.0",  # tensorflow-datasets needs it to define a dataset builder
+    "safetensors==0.8.0",
+    "tqdm==4.70.1",
 ]
 
 # Numerical references and the test runner; never needed to train.
@@ -24,7 +25,7 @@ TEST_REQUIRES = [
     "torch==2.13.0",
     "transformers==4.57.6",
     "trl==0.28.0",
-    "pytest",
+    "pytest==9.2.0",
 ]
 
 setuptools.setup(

@@ -33,3 +33,13 @@ def benchmark_data_dir() -> str:
     if not os.path.isdir(path):
         pytest.fail(f"TINYTHINKER_DATA_DIR={path} is not a directory")
     return path
+
+
+@pytest.fixture(scope="session")
+def prepared_toyworld(tmp_path_factory) -> str:
+    """The default toy world as a ready dataset directory (splits, TFDS build, teacher records, vocabulary)."""
+    from tinythinker_jax.data import prepare
+
+    data_dir = str(tmp_path_factory.mktemp("toyworld"))
+    prepare.ensure_prepared("toyworld", data_dir)
+    return data_dir

@@ -1,0 +1,62 @@
+"""The `tinythinker data` commands as a user runs them, and what the package installs."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+from tinythinker_jax import cli
+
+
+def test_data_split_command_writes_splits_manifest_and_tfds(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name, count in (("train.jsonl", 6), ("dev.jsonl", 2), ("test.jsonl", 3)):
+        rows = [{"id": f"{name}-{i}", "answerKey": "D",
+                 "question": {"stem": f"Q{i}?", "choices": [{"label": l, "text": f"t{l}"} for l in "ABCD"]}}
+                for i in range(count)]
+        (raw / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "obqa"
+    assert cli.main(["data", "split", "--dataset", "obqa", "--raw_dir", str(raw), "--out_dir", str(out)]) == 0
+    assert "obqa: train 6, validation 2, test 3" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"]["test"]["count"] == 3 and manifest["split_rule"] == "official train/dev/test"
+    assert (out / "tfds" / "tinythinker_qa" / "obqa" / "1.0.0").is_dir()
+
+
+def test_preview_prints_exact_strings_and_token_counts(prepared_toyworld, capsys):
+    argv = ["data", "preview", "--task", "tinythinker.toyworld.analyze", "--split", "train", "--num", "3",
+            "--format", "jsonl", "--data_dir", prepared_toyworld]
+    assert cli.main(argv) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert row["inputs"].split("\n")[-1].startswith("Analyze: For option ") and row["inputs"].endswith(",")
+        assert row["inputs_tokens"] > 10 and row["targets_tokens"] > 1
+
+
+def test_readme_first_command_runs_on_a_fresh_data_root(tmp_path):
+    """The quickstart's `tinythinker ...` part, with nothing prepared beforehand."""
+    env = {**os.environ, "TINYTHINKER_DATA_ROOT": str(tmp_path)}
+    result = subprocess.run(
+        ["tinythinker", "data", "preview", "--task", "tinythinker.toyworld.analyze", "--split", "train", "--num", "5"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("--- tinythinker.toyworld.analyze [train] #") == 5
+    assert (tmp_path / "toyworld" / "manifest.json").is_file()
+
+
+def test_wheel_ships_tasks_as_tinythinker_tasks_only(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), root],
+        check=True, capture_output=True, timeout=300,
+    )
+    (wheel,) = tmp_path.glob("tinythinker_jax-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "tinythinker_tasks/__init__.py" in names and "tinythinker_jax/formats.py" in names
+    assert not [name for name in names if name.startswith("tasks/")]
+    entry_points = next(name for name in names if name.endswith("entry_points.txt"))
+    assert "tinythinker = tinythinker_jax.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
