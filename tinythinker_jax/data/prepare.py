@@ -8,7 +8,7 @@ from tinythinker_jax.data import benchmarks, locations, tfds_builder
 from tinythinker_jax.data.records import DataError, read_questions, teacher_record_to_json, write_jsonl
 
 TOY_VARIANTS = {"toyworld": "mc5", "toyworld_mc4": "mc4", "toyworld_yesno": "yesno"}
-TOY_VOCABULARY_SIZE = 1000
+TOY_VOCABULARY_SIZE = 600
 
 
 def prepare_benchmark(dataset: str, raw_dir: str, data_dir: str, seed: int = benchmarks.SPLIT_SEED) -> dict:
@@ -23,7 +23,7 @@ def _train_toy_vocabulary(corpus: list[str], path: str) -> None:
     # one thread keeps the trained model identical run to run.
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(corpus), model_prefix=path[: -len(".model")], vocab_size=TOY_VOCABULARY_SIZE,
-        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
+        model_type="bpe", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
         num_threads=1, minloglevel=2, character_coverage=1.0,
     )
 

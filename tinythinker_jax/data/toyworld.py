@@ -123,7 +123,7 @@ class ToyWorld:
     seed: int
     entities: dict[str, str]  # entity -> its category
     facts: dict[str, dict[str, str]]  # category -> attribute name -> value
-    held_out: dict[str, dict[str, str]]  # entity -> {"dev": attribute name, "test": attribute name}
+    held_out: dict[str, dict[str, str]]  # entity -> held-out attribute name -> "dev" or "test"
     # variant -> file split -> questions; yes/no has the single split "train", like StrategyQA
     questions: dict[str, dict[str, tuple[Question, ...]]] = dataclasses.field(default_factory=dict)
     _specs: dict[str, _Spec] = dataclasses.field(default_factory=dict, repr=False)
@@ -209,13 +209,12 @@ class ToyWorld:
 
     def _pairs(self, split: str) -> list[tuple[str, Attribute]]:
         """The (entity, attribute) pairs that multiple-choice questions of `split` ask about."""
-        pairs = []
-        for entity, held_out in self.held_out.items():
-            for attribute in ATTRIBUTES:
-                pair_split = next((s for s, name in held_out.items() if name == attribute.name), "train")
-                if pair_split == split:
-                    pairs.append((entity, attribute))
-        return pairs
+        return [
+            (entity, attribute)
+            for entity, held_out in self.held_out.items()
+            for attribute in ATTRIBUTES
+            if held_out.get(attribute.name, "train") == split
+        ]
 
     def _multiple_choice_questions(self, rng: random.Random, variant: str, split: str) -> tuple[Question, ...]:
         num_options = OPTION_COUNTS[variant]
@@ -324,7 +323,7 @@ def _hold_out(rng: random.Random, categories: list[str], entities: dict[str, str
         order = [attribute.name for attribute in rng.sample(ATTRIBUTES, len(ATTRIBUTES))]
         members = [entity for entity, of in entities.items() if of == category]
         for i, entity in enumerate(members):
-            held_out[entity] = {"dev": order[2 * i % len(order)], "test": order[(2 * i + 1) % len(order)]}
+            held_out[entity] = {order[2 * i % len(order)]: "dev", order[(2 * i + 1) % len(order)]: "test"}
     return held_out
 
 
