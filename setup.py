@@ -13,11 +13,13 @@ INSTALL_REQUIRES = [
     "clu==0.0.12",
     "tensorflow==2.21.0",
     "tensorflow-text==2.21.1",
+    "tensorboard==2.21.0",  # clu's metric writers
     "tensorflow-datasets==4.9.10",
     "sentencepiece==0.2.3",
     "importlib_resources==7.1.0",  # tensorflow-datasets needs it to define a dataset builder
     "safetensors==0.8.0",
     "tqdm==4.70.1",
+    "openai==3.57.0",  # the teacher client; any OpenAI-compatible server
 ]
 
 # Numerical references and the test runner; never needed to train.
@@ -37,6 +39,7 @@ setuptools.setup(
     package_dir={"tinythinker_jax": "tinythinker_jax", "tinythinker_tasks": "tasks"},
     packages=setuptools.find_packages(include=["tinythinker_jax", "tinythinker_jax.*"])
     + ["tinythinker_tasks"],
+    package_data={"tinythinker_jax.teacher": ["exemplars/*.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
     entry_points={"console_scripts": ["tinythinker=tinythinker_jax.cli:main"]},

@@ -17,7 +17,6 @@ a dataset at another directory or vocabulary.
 
 import functools
 
-import gin
 import numpy as np
 import seqio
 import tensorflow as tf
@@ -53,6 +52,34 @@ def dataset_of_task(name: str) -> str:
     return parts[1]
 
 
+def parse_stage_mixture(name: str) -> tuple[str, str]:
+    """`tinythinker.csqa.full_stages` -> (`csqa`, `full`)."""
+    dataset = dataset_of_task(name)
+    suffix = name.split(".", 2)[2]
+    stage_type = suffix[: -len("_stages")] if suffix.endswith("_stages") else ""
+    if stage_type not in formats.STAGE_TYPES:
+        raise ValueError(f"{name!r} is not a stage mixture (tinythinker.<dataset>.<stage_type>_stages)")
+    return dataset, stage_type
+
+
+def _question_from_bytes(qid, question, labels, texts, answer, facts=()) -> records.Question:
+    """A TFDS question row (byte strings) as a Question."""
+    return records.make_question(
+        qid.decode(), question.decode(), list(zip((label.decode() for label in labels), (t.decode() for t in texts))),
+        answer.decode(), [fact.decode() for fact in facts],
+    )
+
+
+def load_questions(dataset: str, split: str) -> list[records.Question]:
+    """The questions of a split, structured, from the question task's source (the TFDS build)."""
+    source = seqio.get_mixture_or_task(questions_task_name(dataset)).source
+    return [
+        _question_from_bytes(row["id"], row["question"], row["options"]["label"], row["options"]["text"],
+                             row["answer"], row["facts"])
+        for row in source.get_dataset(split=split, shuffle=False).as_numpy_iterator()
+    ]
+
+
 def summary_accuracy(targets, predictions) -> dict[str, float]:
     """Percent of predictions whose summary states the gold option; an unparseable summary is wrong."""
     hits = [formats.parse_answer(p) is not None and formats.parse_answer(p) == formats.parse_answer(t)
@@ -75,9 +102,7 @@ def _stage_dataset(teacher_file: str, stage: str, stage_type: str, split: str, s
 
 def _question_prompt_strings(qid, question, labels, texts, answer):
     """Formats a TFDS question with the format module, so the prompt strings exist in one place only."""
-    decoded = [label.decode() for label in labels]
-    q = records.make_question(qid.decode(), question.decode(), list(zip(decoded, (t.decode() for t in texts))),
-                              answer.decode())
+    q = _question_from_bytes(qid, question, labels, texts, answer)
     return formats.recall_input(q), formats.summary_target(q.answer)
 
 
@@ -103,7 +128,6 @@ def _add_task(name: str, source: seqio.DataSource, preprocessors: list, output_f
     )
 
 
-@gin.configurable
 def register_dataset(dataset: str, data_dir: str | None = None, vocabulary_path: str | None = None) -> None:
     """(Re)registers every task and mixture of `dataset`, reading from `data_dir`."""
     benchmarks.get_benchmark(dataset)

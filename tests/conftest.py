@@ -1,9 +1,16 @@
 """Shared fixtures: a SentencePiece vocabulary trained on the fly and the real benchmark files."""
 
 import os
+import tempfile
 
 import pytest
 import sentencepiece as spm
+
+# Many tests build the same tiny models: a persistent compilation cache (shared with the subprocesses
+# they start, through the environment) compiles each program once per test session.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="tinythinker-jax-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 _VOCAB_TEXT = [
     "Where would you find a sofa? (A) house (B) ocean (C) sky (D) desert (E) moon",

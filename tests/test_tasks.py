@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ import seqio
 import tinythinker_tasks
 from tinythinker_jax import formats
 from tinythinker_jax.data import locations, prepare
-from tinythinker_jax.data.records import Rationale, TeacherRecord, read_questions, teacher_record_to_json, write_jsonl
+from tinythinker_jax.data.records import (
+    Rationale, TeacherRecord, question_to_json, read_questions, teacher_record_to_json, write_jsonl)
 
 LENGTHS = {"inputs": 256, "targets": 64}
 
@@ -112,3 +114,27 @@ def test_benchmark_tasks_on_real_files(benchmark_data_dir, tmp_path, dataset):
             check_batch(first_batch(name, "test" if name.endswith(".questions") else "train"))
     finally:
         tinythinker_tasks.register_dataset(dataset)
+
+
+def test_teacher_run_output_feeds_the_stage_tasks(prepared_toyworld, tmp_path):
+    """A real teacher run against a local OpenAI-compatible server, then the seqio stage tasks read its records."""
+    from tinythinker_jax import cli
+    from tinythinker_jax.teacher.fake_server import ScriptedServer
+
+    data_dir = tmp_path / "toyworld"
+    shutil.copytree(prepared_toyworld, data_dir, ignore=shutil.ignore_patterns("teacher"))
+    train = read_questions(locations.split_path(str(data_dir), "train"))
+    write_jsonl(locations.split_path(str(data_dir), "train"), map(question_to_json, train[:6]))
+    with ScriptedServer() as server:
+        assert cli.main(["teacher", "run", "--dataset", "toyworld", "--split_dir", str(data_dir), "--base_url",
+                         server.base_url, "--model", "local", "--samples", "2", "--no-progress"]) == 0
+    tinythinker_tasks.register_dataset("toyworld", str(data_dir))
+    try:
+        rows = list(seqio.get_mixture_or_task("tinythinker.toyworld.analyze").get_dataset(
+            sequence_length=None, split="train", shuffle=False).as_numpy_iterator())
+        assert len(rows) == 6 * 2 * 5  # questions x samples x options, all distinct
+        assert rows[0]["targets_pretokenized"].decode().startswith("reason ")
+        for stage in formats.STAGE_TYPES["full"]:
+            check_batch(first_batch(tinythinker_tasks.stage_task_name("toyworld", stage), "train"))
+    finally:
+        tinythinker_tasks.register_dataset("toyworld")

@@ -8,7 +8,7 @@ import sys
 # Each module defines `add_parser(subparsers)`, which registers its subcommands and sets
 # `func(args) -> int` on them. Heavy imports (TensorFlow, JAX) happen inside `func`, so
 # `tinythinker --help` stays fast.
-COMMAND_MODULES = ("data",)
+COMMAND_MODULES = ("data", "teacher", "model", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter hides our output
-    args = build_parser().parse_args(argv)
+    from tinythinker_jax.gin_utils import rewrite_gin_args
+
+    args = build_parser().parse_args(rewrite_gin_args(sys.argv[1:] if argv is None else argv))
     return args.func(args) or 0
 
 

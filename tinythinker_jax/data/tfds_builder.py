@@ -50,5 +50,6 @@ class TinythinkerQa(tfds.core.GeneratorBasedBuilder):
 
 def build(dataset: str, split_dir: str, tfds_data_dir: str) -> None:
     """Prepares `tinythinker_qa/<dataset>` under `tfds_data_dir` from the split files in `split_dir`."""
+    tfds.disable_progress_bar()  # our commands report progress themselves
     builder = tfds.builder(tfds_name(dataset), data_dir=tfds_data_dir)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=split_dir))

@@ -1,0 +1,123 @@
+"""Phase 1 trainer: resumption (SIGTERM included), non-finite losses, sharded == unsharded."""
+
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from tinythinker_jax.data import locations
+from tinythinker_jax.models import t5
+from tinythinker_jax.training import optimizers, trainer
+
+STEPS = 6
+
+
+def train_tiny(model_dir, data_dir, **overrides):
+    settings = dict(
+        model_dir=str(model_dir), mixture_or_task_name="tinythinker.toyworld.full_stages",
+        task_feature_lengths={"inputs": 192, "targets": 32},
+        model_config=t5.model_config("t5_1_0_tiny", vocab_size=768),  # dropout on: its RNG must resume too
+        batch_size=8, train_steps=STEPS, interval=1, data_dir=data_dir, max_eval_questions=2, eval_every=STEPS,
+        log_every=1,
+    )
+    return trainer.train(**{**settings, **overrides})
+
+
+def losses(model_dir):
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return {row["step"]: row["loss"] for row in rows if "loss" in row}
+
+
+def final_params(model_dir, step=STEPS):
+    with ocp.StandardCheckpointer() as checkpointer:
+        arrays = checkpointer.restore(os.path.join(model_dir, "checkpoints", str(step), "arrays"))
+    return arrays["params"]
+
+
+@pytest.fixture(scope="module")
+def small_toyworld(prepared_toyworld, tmp_path_factory):
+    """The toy world with teacher records for 40 questions: these tests check mechanics, not learning."""
+    data_dir = tmp_path_factory.mktemp("small_toyworld")
+    shutil.copytree(prepared_toyworld, data_dir, dirs_exist_ok=True)
+    teacher = locations.teacher_path(str(data_dir))
+    with open(teacher) as f:
+        lines = f.readlines()[:40]
+    with open(teacher, "w") as f:
+        f.writelines(lines)
+    return str(data_dir)
+
+
+@pytest.fixture(scope="module")
+def uncut(small_toyworld, tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("uncut")
+    result = train_tiny(model_dir, small_toyworld)
+    assert (result.step, result.preempted, result.best_step) == (STEPS, False, STEPS)
+    return str(model_dir)
+
+
+def test_run_writes_configs_metrics_checkpoint_and_best_model(uncut):
+    assert sorted(losses(uncut)) == list(range(1, STEPS + 1))
+    assert os.path.exists(os.path.join(uncut, "best", "t5_config.json"))
+    assert json.load(open(os.path.join(uncut, "best", "best.json")))["step"] == STEPS
+    assert os.path.isdir(os.path.join(uncut, "tensorboard", "train"))
+
+
+def test_sigterm_saves_and_the_same_command_resumes_identically(uncut, small_toyworld, tmp_path, monkeypatch):
+    add = trainer._PendingMetrics.add
+
+    def add_then_preempt(self, step, stage, values):
+        add(self, step, stage, values)
+        if step == 2:  # a real SIGTERM, delivered mid-run to the trainer's own handler
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(trainer._PendingMetrics, "add", add_then_preempt)
+    cut = train_tiny(tmp_path, small_toyworld)
+    assert (cut.step, cut.preempted) == (3, True)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+    monkeypatch.setattr(trainer._PendingMetrics, "add", add)
+    resumed = train_tiny(tmp_path, small_toyworld)
+    assert (resumed.step, resumed.preempted) == (STEPS, False)
+    assert losses(str(tmp_path)) == losses(uncut)
+    jax.tree.map(np.testing.assert_array_equal, final_params(uncut), final_params(str(tmp_path)))
+
+
+def test_non_finite_loss_stops_with_its_step_and_writes_no_checkpoint(small_toyworld, tmp_path):
+    exploding = functools.partial(optimizers.create_optimizer, learning_rate=1e30, max_grad_norm=None)
+    with pytest.raises(FloatingPointError, match=r"loss is (nan|inf) at step \d"):
+        train_tiny(tmp_path, small_toyworld, create_optimizer=exploding)
+    assert not os.listdir(os.path.join(tmp_path, "checkpoints"))
+    assert not os.path.exists(os.path.join(tmp_path, "best"))
+
+
+SHARDED_SCRIPT = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from test_trainer import losses, train_tiny
+out = {{}}
+for data, model in ((8, 1), (4, 2), (2, 4)):
+    model_dir = {tmp!r} + f"/mesh_{{data}}x{{model}}"
+    train_tiny(model_dir, {data_dir!r}, mesh_data=data, mesh_model=model)
+    out[f"{{data}}x{{model}}"] = losses(model_dir)
+print("LOSSES" + json.dumps(out))
+"""
+
+
+def test_sharded_runs_match_one_device(uncut, small_toyworld, tmp_path):
+    script = SHARDED_SCRIPT.format(tests=os.path.dirname(__file__), tmp=str(tmp_path), data_dir=small_toyworld)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    by_mesh = json.loads(result.stdout.split("LOSSES", 1)[1])
+    expected = losses(uncut)
+    for mesh, values in by_mesh.items():
+        np.testing.assert_allclose([values[str(s)] for s in sorted(expected)], [expected[s] for s in sorted(expected)],
+                                   rtol=2e-5, err_msg=f"mesh {mesh}")

@@ -1,0 +1,104 @@
+"""The three-stage chain at inference: recall -> analyze every option -> summarize.
+
+Every prompt comes from `formats`, so the chain reads exactly what training wrote. Used by validation
+during training, `tinythinker evaluate`, and self-reflection sampling.
+"""
+
+import collections
+import dataclasses
+from typing import Optional, Sequence
+
+import seqio
+
+from tinythinker_jax import formats
+from tinythinker_jax.data.records import Question
+from tinythinker_jax.models import decoding
+from tinythinker_jax.models.t5 import T5Transformer
+
+GREEDY = decoding.SamplingConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainSettings:
+    recall: decoding.SamplingConfig = GREEDY
+    analyze: decoding.SamplingConfig = GREEDY
+    summarize: decoding.SamplingConfig = GREEDY
+    max_input_length: int = 200  # inputs are cut as in training: first max-1 tokens, then EOS
+    max_decode_length: int = 128  # recall and analyses
+    max_summary_length: int = 16  # "So the answer is option X." is 8 T5 tokens
+    batch_size: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Chain:
+    recall: Optional[str]
+    analyses: Optional[dict[str, str]]
+    summary: str
+    prediction: Optional[str]
+
+
+class ChainRunner:
+    """Runs chains for many questions at once, one batched decoding call per stage."""
+
+    def __init__(self, model: T5Transformer, vocabulary: seqio.Vocabulary, settings: ChainSettings = ChainSettings()):
+        self.model, self.vocabulary, self.settings = model, vocabulary, settings
+
+    def _encode(self, text: str) -> list[int]:
+        ids = list(self.vocabulary.encode(text))[: self.settings.max_input_length - 1]
+        return ids + [self.model.config.eos_id]
+
+    def _generate(self, texts: Sequence[str], sampling: decoding.SamplingConfig, max_length: int, seed: int) -> list[str]:
+        """One output per text; greedy requests for the same text are decoded once."""
+        unique = list(dict.fromkeys(texts)) if sampling.greedy else list(texts)
+        result = decoding.generate(
+            self.model, [self._encode(t) for t in unique], max_decode_length=max_length, sampling=sampling,
+            seed=seed, batch_size=self.settings.batch_size, eos_id=self.model.config.eos_id,
+        )
+        outputs = [self.vocabulary.decode(decoding.until_eos(row[0], self.model.config.eos_id)) for row in result.tokens]
+        if sampling.greedy:
+            by_text = dict(zip(unique, outputs))
+            return [by_text[t] for t in texts]
+        return outputs
+
+    def run(self, questions: Sequence[Question], stage_type: str = "full", num_chains: int = 1, seed: int = 0,
+            recalls: Optional[Sequence[Sequence[str]]] = None) -> list[list[Chain]]:
+        """`num_chains` chains per question; `recalls[q][c]`, when given, replaces the recall stage."""
+        stages = formats.stages_of(stage_type)
+        settings = self.settings
+        keys = [(q, c) for q in range(len(questions)) for c in range(num_chains)]
+        recall_of: dict = {key: None for key in keys}
+        if recalls is not None:
+            recall_of = {(q, c): recalls[q][c] for q, c in keys}
+        elif formats.RECALL in stages:
+            texts = self._generate([formats.recall_input(questions[q]) for q, _ in keys], settings.recall,
+                                   settings.max_decode_length, seed)
+            recall_of = dict(zip(keys, texts))
+        analyses_of: dict = {key: None for key in keys}
+        if formats.ANALYZE in stages:
+            requests = [(q, c, label) for q, c in keys for label in questions[q].labels]
+            texts = self._generate(
+                [formats.analyze_input(questions[q], recall_of[(q, c)], label) for q, c, label in requests],
+                settings.analyze, settings.max_decode_length, seed + 1,
+            )
+            analyses_of = {key: {} for key in keys}
+            for (q, c, label), text in zip(requests, texts):
+                analyses_of[(q, c)][label] = text
+        summaries = self._generate(
+            [formats.summarize_input(questions[q], recall_of[(q, c)], analyses_of[(q, c)]) for q, c in keys],
+            settings.summarize, settings.max_summary_length, seed + 2,
+        )
+        chains = [[] for _ in questions]
+        for (q, c), summary in zip(keys, summaries):
+            chains[q].append(Chain(recall_of[(q, c)], analyses_of[(q, c)], summary, formats.parse_answer(summary)))
+        return chains
+
+
+def vote(chains: Sequence[Chain]) -> Optional[str]:
+    """Self-consistency: the most common parsed answer (earliest chain wins a tie); None if none parses."""
+    counts = collections.Counter(chain.prediction for chain in chains if chain.prediction is not None)
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def accuracy(questions: Sequence[Question], predictions: Sequence[Optional[str]]) -> float:
+    """Fraction of questions whose prediction is the gold label; no prediction counts as wrong."""
+    return sum(p == q.answer for q, p in zip(questions, predictions)) / max(len(questions), 1)

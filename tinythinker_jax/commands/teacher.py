@@ -1,0 +1,175 @@
+"""`tinythinker teacher estimate|run|export-batch|import-batch`: three-stage rationales from a teacher LLM.
+
+Any OpenAI-compatible server works (OpenAI, vLLM, Ollama, llama.cpp): `--base_url` and `--model`
+pick it; the API key comes only from the environment variable named by `--api_key_env`.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+DATASETS = ("csqa", "obqa", "strategyqa", "toyworld", "toyworld_mc4", "toyworld_yesno")
+
+
+class _Job:
+    """What every subcommand needs: the questions, the sampling settings, the prompt and the paths."""
+
+    def __init__(self, args):
+        from tinythinker_jax.data import locations, records
+        from tinythinker_jax.teacher import exemplars, pricing, prompts
+
+        self.args = args
+        self.questions = records.read_questions(locations.split_path(args.split_dir, args.split))
+        path = args.exemplars or exemplars.shipped_exemplars_path(args.dataset)
+        self.exemplars = exemplars.load_exemplars(path)[:args.k_exemplars]
+        samples = args.samples or prompts.DEFAULT_SAMPLES.get(args.dataset, prompts.DEFAULT_SAMPLES_OTHERWISE)
+        self.sampling = prompts.Sampling(
+            model=args.model, temperature=args.temperature, max_tokens=args.max_tokens, samples=samples,
+            choices_per_request=args.choices_per_request or samples, rounds=args.rounds, seed=args.seed,
+            temperature_step=args.temperature_step,
+        )
+        self.system = prompts.system_message(self.exemplars)
+        self.prices = tuple(args.price) if args.price else pricing.PRICES_PER_MILLION.get(args.model)
+        self.out_dir = args.out_dir or os.path.dirname(locations.teacher_path(args.split_dir))
+        self.cache_path = args.cache or os.path.join(self.out_dir, "cache", "responses.jsonl")
+
+    def cache(self):
+        from tinythinker_jax.teacher.cache import ResponseCache
+
+        return ResponseCache(self.cache_path)
+
+    def write_outcome(self, outcome) -> None:
+        from tinythinker_jax.data.records import teacher_record_to_json, write_json, write_jsonl
+
+        split = self.args.split
+        write_jsonl(os.path.join(self.out_dir, f"{split}.jsonl"), map(teacher_record_to_json, outcome.records))
+        report = {"dataset": self.args.dataset, "split": split, "base_url": self.args.base_url, **outcome.report}
+        write_json(os.path.join(self.out_dir, f"{split}_report.json"), report)
+        r = outcome.report
+        print(f"{r['records']}/{r['questions']} questions with samples ({r['samples_kept']} kept), "
+              f"{len(r['failed_questions'])} failed, {len(r['short_questions'])} short; "
+              f"{r['requests']['pending']} requests pending -> {self.out_dir}")
+
+
+def _print_estimate(job) -> int:
+    from tinythinker_jax.teacher.estimate import estimate
+
+    with job.cache() as cache:
+        print(json.dumps(estimate(job.questions, job.sampling, job.system, job.exemplars, cache, job.prices), indent=2))
+    return 0
+
+
+def _estimate(args) -> int:
+    return _print_estimate(_Job(args))
+
+
+def _run(args) -> int:
+    from tinythinker_jax.teacher import client, pipeline
+
+    job = _Job(args)
+    if args.dry_run:
+        return _print_estimate(job)
+    settings = client.ClientSettings(
+        base_url=args.base_url, api_key_env=args.api_key_env, concurrency=args.concurrency,
+        requests_per_minute=args.rpm, tokens_per_minute=args.tpm, max_retries=args.max_retries,
+        backoff_base=args.backoff_base, backoff_max=args.backoff_max, request_timeout=args.request_timeout,
+    )
+    try:
+        client.api_key(settings)
+    except client.MissingApiKey as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    with job.cache() as cache:
+        def send(requests):
+            return client.send_requests(requests, cache, settings, job.sampling.model, progress=args.progress)
+
+        job.write_outcome(pipeline.generate(job.questions, job.sampling, job.system, cache, send, job.prices))
+    return 0
+
+
+def _export_batch(args) -> int:
+    from tinythinker_jax.teacher import batch, pipeline
+
+    job = _Job(args)
+    with job.cache() as cache:
+        outcome = pipeline.generate(job.questions, job.sampling, job.system, cache, None, job.prices)
+    path = args.batch_file or os.path.join(job.out_dir, "batch", f"{args.split}_input.jsonl")
+    if not outcome.pending:
+        print("nothing to export: every planned request is answered; run import-batch to write the records")
+        return 0
+    batch.export_batch(path, outcome.pending)
+    print(f"{len(outcome.pending)} requests (round {outcome.report['rounds']}) -> {path}")
+    return 0
+
+
+def _import_batch(args) -> int:
+    from tinythinker_jax.teacher import batch, pipeline
+
+    job = _Job(args)
+    with job.cache() as cache:
+        counts = batch.import_batch(args.batch_output, cache)
+        print(f"imported {counts['imported']}, already cached {counts['already_cached']}, "
+              f"failed {counts['failed']} {counts['errors'] or ''}".rstrip())
+        outcome = pipeline.generate(job.questions, job.sampling, job.system, cache, None, job.prices)
+    job.write_outcome(outcome)
+    if outcome.pending:
+        print("run export-batch again for the requests still unanswered (a retry round or failed results)")
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, choices=DATASETS, help="picks the shipped exemplars and the default --samples")
+    parser.add_argument("--split_dir", required=True, help="directory with {train,validation,test}.jsonl question records")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--out_dir", help="where <split>.jsonl and <split>_report.json go (default: SPLIT_DIR/teacher)")
+    parser.add_argument("--cache", help="the response cache JSONL (default: OUT_DIR/cache/responses.jsonl)")
+    parser.add_argument("--base_url", help="an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (default: OpenAI)")
+    parser.add_argument("--model", default="gpt-4o-2024-05-13")
+    parser.add_argument("--samples", type=int, help="valid samples wanted per question (default: 8 for csqa and toyworld, else 4)")
+    parser.add_argument("--choices_per_request", type=int,
+                        help="the `n` of one request (default: --samples); 1 for servers that ignore `n`")
+    parser.add_argument("--exemplars", help="exemplar JSON file (default: the shipped one for --dataset)")
+    parser.add_argument("--k_exemplars", type=int, default=None, help="use the first k exemplars (default: all)")
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--temperature_step", type=float, default=0.1, help="added per retry round")
+    parser.add_argument("--max_tokens", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3, help="the first round plus retry rounds for short questions")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--price", type=float, nargs=2, metavar=("INPUT", "OUTPUT"),
+                        help="USD per million tokens, overriding the table in tinythinker_jax/teacher/pricing.py")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    teacher = subparsers.add_parser("teacher", help="generate teacher rationales with an OpenAI-compatible LLM")
+    commands = teacher.add_subparsers(dest="teacher_command", required=True)
+
+    estimate = commands.add_parser("estimate", help="request count, tokens and cost of the first round; sends nothing")
+    _common(estimate)
+    estimate.set_defaults(func=_estimate)
+
+    run = commands.add_parser("run", help="send the requests (resumable), filter, retry, write records and report")
+    _common(run)
+    run.add_argument("--dry_run", action="store_true", help="print the estimate instead of sending")
+    run.add_argument("--api_key_env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    run.add_argument("--concurrency", type=int, default=8)
+    run.add_argument("--rpm", type=int, help="requests-per-minute limit")
+    run.add_argument("--tpm", type=int, help="tokens-per-minute limit (prompt plus max_tokens x n)")
+    run.add_argument("--max_retries", type=int, default=6)
+    run.add_argument("--backoff_base", type=float, default=1.0, help="seconds before the first retry, doubled after")
+    run.add_argument("--backoff_max", type=float, default=60.0)
+    run.add_argument("--request_timeout", type=float, default=120.0, help="deadline of one attempt, in seconds")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bar (default: only on a terminal)")
+    run.set_defaults(func=_run)
+
+    export = commands.add_parser("export-batch", help="write the unanswered requests as an OpenAI Batch API input file")
+    _common(export)
+    export.add_argument("--batch_file", help="default: OUT_DIR/batch/<split>_input.jsonl")
+    export.set_defaults(func=_export_batch)
+
+    imp = commands.add_parser("import-batch", help="store a Batch API output file, then write records and report")
+    _common(imp)
+    imp.add_argument("--batch_output", required=True, help="the batch's output JSONL")
+    imp.set_defaults(func=_import_batch)

@@ -1,0 +1,183 @@
+"""Sends chat-completion requests to any OpenAI-compatible server, storing each answer on arrival.
+
+Concurrency, requests-per-minute and tokens-per-minute limits keep within a provider's quota;
+429, 408, 5xx, timeouts and dropped connections are retried with exponential backoff (honouring
+Retry-After); other errors (a bad request, a wrong key) fail that request at once.
+"""
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import os
+import random
+import time
+from typing import Optional, Sequence
+
+from tinythinker_jax.teacher.cache import ResponseCache, normalize_completion
+from tinythinker_jax.teacher.prompts import Request
+from tinythinker_jax.teacher.tokens import TokenCounter
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = {408, 409, 429}  # plus every 5xx
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientSettings:
+    base_url: Optional[str] = None  # None: OpenAI itself
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    requests_per_minute: Optional[int] = None
+    tokens_per_minute: Optional[int] = None
+    max_retries: int = 6
+    backoff_base: float = 1.0  # seconds before the first retry; doubled for each later one
+    backoff_max: float = 60.0
+    request_timeout: float = 120.0  # the deadline of one attempt
+
+
+@dataclasses.dataclass
+class SendStats:
+    done: int = 0
+    failed: int = 0
+    retried: int = 0
+    tokens: int = 0
+    errors: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+    def add(self, other: "SendStats") -> None:
+        for field in ("done", "failed", "retried", "tokens"):
+            setattr(self, field, getattr(self, field) + getattr(other, field))
+        self.errors.update(other.errors)
+
+
+class MissingApiKey(RuntimeError):
+    pass
+
+
+def api_key(settings: ClientSettings) -> str:
+    """The key from the environment; a local server (any base_url) may run without one."""
+    key = os.environ.get(settings.api_key_env)
+    if key:
+        return key
+    if settings.base_url is None or settings.base_url.rstrip("/") == OPENAI_BASE_URL:
+        raise MissingApiKey(f"set {settings.api_key_env} to your OpenAI API key (or pass --base_url for a local server)")
+    return "no-key"  # the SDK insists on a non-empty key; local servers ignore it
+
+
+class RateLimiter:
+    """At most `requests` requests and `tokens` tokens in any sliding window of `window` seconds."""
+
+    def __init__(self, requests: Optional[int], tokens: Optional[int], window: float = 60.0):
+        self.requests, self.tokens, self.window = requests, tokens, window
+        self._events: collections.deque[tuple[float, int]] = collections.deque()
+        self._lock = asyncio.Lock()
+
+    def _fits(self, tokens: int) -> bool:
+        if self.requests is not None and len(self._events) >= self.requests:
+            return False
+        used = sum(t for _, t in self._events)
+        # A lone request larger than the whole budget still goes, or it would wait forever.
+        return self.tokens is None or not self._events or used + tokens <= self.tokens
+
+    async def acquire(self, tokens: int) -> None:
+        async with self._lock:  # waiters are served in order
+            while True:
+                now = time.monotonic()
+                while self._events and self._events[0][0] <= now - self.window:
+                    self._events.popleft()
+                if self._fits(tokens):
+                    self._events.append((now, tokens))
+                    return
+                await asyncio.sleep(self._events[0][0] + self.window - now)
+
+
+def retry_delay(error: Exception, attempt: int, settings: ClientSettings) -> Optional[float]:
+    """Seconds to wait before retrying after `error`, or None when retrying cannot help."""
+    import openai
+
+    retry_after = 0.0
+    if isinstance(error, openai.APIStatusError):
+        if error.status_code not in RETRYABLE_STATUS and error.status_code < 500:
+            return None
+        try:
+            retry_after = float(error.response.headers.get("retry-after", 0))
+        except ValueError:
+            pass  # an HTTP-date form: fall back to our own backoff
+    elif not isinstance(error, (openai.APIConnectionError, openai.APIResponseValidationError, ValueError)):
+        return None  # APITimeoutError is an APIConnectionError; ValueError is a garbled body
+    backoff = settings.backoff_base * 2 ** attempt * random.uniform(0.5, 1.0)  # jitter spreads out retries
+    return min(settings.backoff_max, max(backoff, retry_after))
+
+
+def _describe(error: Exception) -> str:
+    status = getattr(error, "status_code", None)
+    return f"{type(error).__name__} {status}" if status else type(error).__name__
+
+
+class _Sender:
+    def __init__(self, cache: ResponseCache, settings: ClientSettings, model: str, total: int, progress: Optional[bool]):
+        import openai
+        from tqdm import tqdm
+
+        self.cache, self.settings = cache, settings
+        self.client = openai.AsyncOpenAI(
+            api_key=api_key(settings), base_url=settings.base_url,
+            max_retries=0, timeout=settings.request_timeout,  # retries are ours, to count and log them
+        )
+        self.limiter = RateLimiter(settings.requests_per_minute, settings.tokens_per_minute)
+        self.semaphore = asyncio.Semaphore(settings.concurrency)
+        self.counter = TokenCounter(model)
+        self.stats = SendStats()
+        self.bar = tqdm(total=total, unit="req", desc="teacher", disable=None if progress is None else not progress)
+
+    def _show(self) -> None:
+        s = self.stats
+        self.bar.set_postfix(done=s.done, failed=s.failed, retried=s.retried, tokens=s.tokens, refresh=False)
+
+    async def send(self, request: Request) -> None:
+        body = request.body
+        budget = self.counter.count_messages(body["messages"]) + body.get("max_tokens", 0) * body.get("n", 1)
+        async with self.semaphore:
+            for attempt in range(self.settings.max_retries + 1):
+                await self.limiter.acquire(budget)
+                try:
+                    completion = await self.client.chat.completions.create(**body)
+                    response = normalize_completion(completion.model_dump())
+                except Exception as error:  # classified by retry_delay; anything unexpected fails the request
+                    delay = retry_delay(error, attempt, self.settings)
+                    if delay is None or attempt == self.settings.max_retries:
+                        self.stats.failed += 1
+                        self.stats.errors[_describe(error)] += 1
+                        log.warning("request for question %s failed: %s", request.question_id, _describe(error))
+                        break
+                    self.stats.retried += 1
+                    self._show()
+                    await asyncio.sleep(delay)
+                    continue
+                self.cache.put(request.key, response)
+                self.stats.done += 1
+                self.stats.tokens += sum(response["usage"].values())
+                break
+        self.bar.update(1)
+        self._show()
+
+    async def send_all(self, requests: Sequence[Request]) -> SendStats:
+        try:
+            await asyncio.gather(*(self.send(r) for r in requests))
+        finally:
+            self.bar.close()
+            await self.client.close()
+        return self.stats
+
+
+def send_requests(
+    requests: Sequence[Request], cache: ResponseCache, settings: ClientSettings, model: str,
+    progress: Optional[bool] = None,
+) -> SendStats:
+    """Sends every request and caches each response as it arrives; failures are counted, not raised.
+    `progress=None` shows the bar only on a terminal."""
+    async def run():
+        return await _Sender(cache, settings, model, len(requests), progress).send_all(requests)
+
+    return asyncio.run(run())

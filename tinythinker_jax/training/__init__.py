@@ -1,0 +1,1 @@
+"""Phase 1 (SFT) training: stage streams, their block schedule, the trainer and evaluation."""

@@ -1,0 +1,81 @@
+"""Never lose work: training-state checkpoints (latest N) and the best model, both written atomically.
+
+    MODEL_DIR/checkpoints/<step>/   Orbax: params, optimizer state, RNG key; JSON: step, data position,
+                                    best accuracy. Orbax finalises a step by renaming its temporary
+                                    directory, so a save cut short by a dying process is ignored on restart.
+    MODEL_DIR/best/                 the best model by validation accuracy, as a model checkpoint
+                                    (`tinythinker_jax.models.checkpoints`), plus best.json; replaced by
+                                    renaming a complete directory, so it is always whole.
+"""
+
+import json
+import os
+import shutil
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from tinythinker_jax.models import checkpoints as model_checkpoints
+from tinythinker_jax.models.t5 import T5Config
+
+BEST_DIR = "best"
+BEST_INFO = "best.json"
+
+
+class TrainCheckpoints:
+    def __init__(self, model_dir: str, keep: int):
+        self.manager = ocp.CheckpointManager(
+            os.path.join(os.path.abspath(model_dir), "checkpoints"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, arrays: dict[str, Any], info: dict[str, Any]) -> None:
+        self.manager.save(step, args=ocp.args.Composite(
+            arrays=ocp.args.StandardSave(arrays), info=ocp.args.JsonSave(info)))
+        self.manager.wait_until_finished()
+
+    def restore(self, step: int, target: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Arrays shaped and sharded like `target`, and the JSON info."""
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), target)
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            arrays=ocp.args.StandardRestore(abstract), info=ocp.args.JsonRestore()))
+        return restored["arrays"], restored["info"]
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def best_dir(model_dir: str) -> str:
+    return os.path.join(model_dir, BEST_DIR)
+
+
+def read_best_info(model_dir: str) -> dict[str, Any] | None:
+    path = os.path.join(best_dir(model_dir), BEST_INFO)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_best(model_dir: str, params: Any, config: T5Config, vocab_path: str, info: dict[str, Any]) -> None:
+    """Replaces MODEL_DIR/best with a complete model checkpoint (only process 0 renames)."""
+    staging = os.path.join(model_dir, f"{BEST_DIR}.staging")
+    if jax.process_index() == 0 and os.path.exists(staging):
+        shutil.rmtree(staging)
+    model_checkpoints.save_checkpoint(staging, params, config, vocab_path)
+    if jax.process_index() != 0:
+        return
+    with open(os.path.join(staging, BEST_INFO), "w") as f:
+        json.dump(info, f, indent=2)
+    previous = os.path.join(model_dir, f"{BEST_DIR}.previous")
+    if os.path.exists(previous):
+        shutil.rmtree(previous)
+    if os.path.exists(best_dir(model_dir)):
+        os.rename(best_dir(model_dir), previous)
+    os.rename(staging, best_dir(model_dir))
+    shutil.rmtree(previous, ignore_errors=True)
