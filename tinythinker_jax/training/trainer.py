@@ -23,11 +23,22 @@ from flax import nnx
 from tqdm import tqdm
 
 import tinythinker_tasks
-from tinythinker_jax import chains, partitioning
+from tinythinker_jax import chains, formats, partitioning
 from tinythinker_jax.data import benchmarks, locations, prepare
 from tinythinker_jax.models import checkpoints as model_checkpoints
 from tinythinker_jax.models import t5
 from tinythinker_jax.training import checkpointing, losses, metrics, optimizers, schedule, streams
+
+
+def build_streams(dataset: str, stage_type: str, feature_lengths: dict[str, int], batch_size: int,
+                  seed: int) -> dict[str, streams.Stream]:
+    """One stream per stage of `stage_type`, in its order (which the blocks follow)."""
+    return {
+        stage: streams.Stream(
+            streams.load_task_arrays(tinythinker_tasks.stage_task_name(dataset, stage, stage_type), feature_lengths),
+            batch_size, seed=seed * 1000 + index)
+        for index, stage in enumerate(formats.stages_of(stage_type))
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,11 +172,7 @@ def train(
         raise ValueError(f"the vocabulary has {vocabulary.vocab_size} ids but the model embeds only "
                          f"{model_config.vocab_size}: raise the model config's vocab_size")
 
-    stage_streams = {}
-    for index, task in enumerate(mixture.tasks):
-        stage = task.name.rsplit(".", 1)[1]
-        stage_streams[stage] = streams.Stream(
-            streams.load_task_arrays(task.name, task_feature_lengths), batch_size, seed=seed * 1000 + index)
+    stage_streams = build_streams(dataset, stage_type, task_feature_lengths, batch_size, seed)
     num_options = benchmarks.get_benchmark(dataset).num_options
     blocks = schedule.BlockSchedule(
         schedule.stage_blocks(list(stage_streams), interval, num_options),

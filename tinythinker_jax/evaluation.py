@@ -1,0 +1,43 @@
+"""Three-stage evaluation of a model on a split: every chain written out, accuracy summarised."""
+
+import dataclasses
+import os
+from typing import Optional, Sequence
+
+from tinythinker_jax import chains
+from tinythinker_jax.data.records import Question, write_json, write_jsonl
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationResult:
+    accuracy: float
+    num_questions: int
+    predictions_path: str
+    summary_path: str
+
+
+def evaluate(
+    runner: chains.ChainRunner, questions: Sequence[Question], out_dir: str, *, split: str, stage_type: str = "full",
+    num_chains: int = 1, seed: int = 0, extra_summary: Optional[dict] = None,
+) -> EvaluationResult:
+    """Runs `num_chains` chains per question (majority vote when more than one) and writes
+    `predictions_<split>.jsonl` (every generated recall, analysis and summary) and `summary_<split>.json`."""
+    per_question = runner.run(questions, stage_type, num_chains=num_chains, seed=seed)
+    predictions = [chains.vote(question_chains) for question_chains in per_question]
+    rows = [
+        {
+            "id": question.id, "answer": question.answer, "prediction": prediction,
+            "correct": prediction == question.answer,
+            "chains": [dataclasses.asdict(chain) for chain in question_chains],
+        }
+        for question, question_chains, prediction in zip(questions, per_question, predictions)
+    ]
+    accuracy = chains.accuracy(questions, predictions)
+    predictions_path = os.path.join(out_dir, f"predictions_{split}.jsonl")
+    summary_path = os.path.join(out_dir, f"summary_{split}.json")
+    write_jsonl(predictions_path, rows)
+    write_json(summary_path, {
+        "split": split, "stage_type": stage_type, "num_questions": len(questions), "num_chains": num_chains,
+        "accuracy": accuracy, **(extra_summary or {}),
+    })
+    return EvaluationResult(accuracy, len(questions), predictions_path, summary_path)
