@@ -1,0 +1,172 @@
+"""The Flax T5 against PyTorch T5 (`transformers`) on tiny random models of both T5 1.0 and 1.1 flavours."""
+
+import os
+
+os.environ.setdefault("USE_TF", "0")
+
+import glob
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from transformers.models.t5.modeling_t5 import T5Attention
+
+from tinythinker_jax.models import checkpoints, hf_convert, scoring, t5, testing
+
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def vocab_path(tmp_path_factory):
+    return testing.sentencepiece_model(str(tmp_path_factory.mktemp("vocab")))
+
+
+@pytest.fixture(scope="module", params=testing.KINDS)
+def converted(request, tmp_path_factory, vocab_path):
+    """(PyTorch model, our model imported through a checkpoint) for one T5 flavour."""
+    directory = tmp_path_factory.mktemp(request.param)
+    reference = testing.save_random_hf_t5(str(directory / "hf"), request.param, vocab_path)
+    hf_convert.import_hf(str(directory / "hf"), str(directory / "ckpt"))
+    return reference, checkpoints.load_model(str(directory / "ckpt"))
+
+
+def _batch(vocab_size: int, seed: int = 0):
+    """Inputs and targets with padding of various lengths, one row padded almost entirely."""
+    rng = np.random.RandomState(seed)
+    inputs = rng.randint(3, vocab_size, (4, 23))
+    targets = rng.randint(3, vocab_size, (4, 17))
+    for row, (input_length, target_length) in enumerate([(23, 17), (15, 9), (4, 16), (11, 1)]):
+        inputs[row, input_length:] = 0
+        targets[row, target_length:] = 0
+    return inputs, targets
+
+
+@nnx.jit
+def _logits(model, inputs, decoder_inputs, dropout_rng=None):
+    return model(inputs, decoder_inputs, dropout_rng=dropout_rng)
+
+
+def _reference_logits(reference, inputs, decoder_inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return reference(
+            input_ids=torch.tensor(inputs), attention_mask=torch.tensor(inputs != 0),
+            decoder_input_ids=torch.tensor(decoder_inputs),
+        ).logits
+
+
+def test_relative_position_buckets_match_reference():
+    relative_position = np.arange(-300, 301)[None, :] - np.arange(0, 40)[:, None]
+    for bidirectional in (True, False):
+        for num_buckets, max_distance in ((32, 128), (8, 20)):
+            ours = t5.relative_position_buckets(
+                relative_position, bidirectional=bidirectional, num_buckets=num_buckets, max_distance=max_distance
+            )
+            theirs = T5Attention._relative_position_bucket(
+                torch.tensor(relative_position), bidirectional=bidirectional, num_buckets=num_buckets,
+                max_distance=max_distance,
+            )
+            np.testing.assert_array_equal(ours, theirs.numpy())
+
+
+def test_logits_match_pytorch(converted):
+    reference, model = converted
+    inputs, targets = _batch(model.config.vocab_size)
+    decoder_inputs = np.asarray(scoring.shift_right(jnp.asarray(targets)))
+    expected = _reference_logits(reference, inputs, decoder_inputs).numpy()
+    logits = np.asarray(_logits(model, jnp.asarray(inputs), jnp.asarray(decoder_inputs)))
+    assert logits.dtype == np.float32 and logits.shape == expected.shape
+    assert np.abs(logits - expected).max() < TOLERANCE
+
+
+def test_sequence_log_likelihood_matches_pytorch(converted):
+    reference, model = converted
+    inputs, targets = _batch(model.config.vocab_size, seed=1)
+    logits = _reference_logits(reference, inputs, np.asarray(scoring.shift_right(jnp.asarray(targets))))
+    token_log_probs = torch.log_softmax(logits, -1).gather(-1, torch.tensor(targets)[..., None])[..., 0]
+    expected = (token_log_probs * torch.tensor(targets != 0)).sum(-1).numpy()
+    ours = np.asarray(nnx.jit(scoring.sequence_log_likelihood)(model, jnp.asarray(inputs), jnp.asarray(targets)))
+    assert np.abs(ours - expected).max() < TOLERANCE
+
+
+def test_candidates_share_one_encoding(converted):
+    _, model = converted
+    inputs, targets = _batch(model.config.vocab_size, seed=2)
+    candidates = jnp.stack([jnp.asarray(targets), jnp.asarray(np.roll(targets, 1, axis=0))], axis=1)
+    together = nnx.jit(scoring.candidates_log_likelihood)(model, jnp.asarray(inputs), candidates)
+    for k in range(2):
+        one_by_one = nnx.jit(scoring.sequence_log_likelihood)(model, jnp.asarray(inputs), candidates[:, k])
+        np.testing.assert_allclose(together[:, k], one_by_one, atol=TOLERANCE)
+
+
+def test_encoder_output_reuse_equals_full_forward(converted):
+    _, model = converted
+    inputs, targets = _batch(model.config.vocab_size, seed=3)
+    decoder_inputs = scoring.shift_right(jnp.asarray(targets))
+    encode_then_decode = nnx.jit(lambda model, x, y: model.decode(model.encode(x), x, y))
+    np.testing.assert_allclose(
+        encode_then_decode(model, jnp.asarray(inputs), decoder_inputs),
+        _logits(model, jnp.asarray(inputs), decoder_inputs),
+        atol=1e-5,
+    )
+
+
+def _dropout_key(seed: int) -> jax.Array:
+    # XLA:CPU compiles threefry bit generation slowly; rbg keys keep this test quick.
+    return jax.random.key(seed, impl="rbg")
+
+
+@pytest.mark.parametrize("converted", ["t5_1_1"], indirect=True)  # dropout placement is flavour-independent
+def test_dropout_only_with_an_rng(converted):
+    _, model = converted
+    inputs, targets = _batch(model.config.vocab_size, seed=4)
+    inputs, decoder_inputs = jnp.asarray(inputs), scoring.shift_right(jnp.asarray(targets))
+    plain = _logits(model, inputs, decoder_inputs)
+    first = _logits(model, inputs, decoder_inputs, jax.random.key(1, impl="rbg"))
+    again = _logits(model, inputs, decoder_inputs, jax.random.key(1, impl="rbg"))
+    other = _logits(model, inputs, decoder_inputs, _dropout_key(2))
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(first - plain).max() > 1e-3 and np.abs(first - other).max() > 1e-3
+
+
+def test_bfloat16_compute_keeps_float32_params(converted):
+    _, model = converted
+    graphdef, _ = nnx.split(t5.abstract_model(model.config.replace(dtype="bfloat16")))
+    bf16 = nnx.merge(graphdef, nnx.state(model))
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(bf16, nnx.Param)))
+    inputs, targets = _batch(model.config.vocab_size, seed=5)
+    inputs, decoder_inputs = jnp.asarray(inputs), scoring.shift_right(jnp.asarray(targets))
+    full, half = _logits(model, inputs, decoder_inputs), _logits(bf16, inputs, decoder_inputs)
+    assert half.dtype == jnp.float32
+    assert 0 < np.abs(full - half).max() < 0.1 * np.abs(full).max()
+
+
+# Parameter counts of the published checkpoints, as `transformers` reports them.
+PUBLISHED_SIZES = {"t5_1_0_small": 60_506_624, "t5_1_0_base": 222_903_552, "t5_1_1_small": 76_961_152}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_SIZES))
+def test_named_configs_have_published_sizes(name):
+    model = t5.abstract_model(t5.model_config(name))
+    assert sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))) == PUBLISHED_SIZES[name]
+
+
+def test_gin_files_select_named_configs():
+    paths = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "gin", "models", "*.gin")))
+    assert {os.path.basename(p)[: -len(".gin")] for p in paths} == set(t5.CONFIGS)
+    for path in paths:
+        gin.clear_config()
+        gin.parse_config_files_and_bindings([path], ["t5.model_config.dtype = 'bfloat16'"])
+        name = os.path.basename(path)[: -len(".gin")]
+        assert gin.query_parameter("%MODEL_CONFIG").scoped_configurable_fn() == t5.CONFIGS[name].replace(
+            dtype="bfloat16"
+        )
+    gin.clear_config()
+
+
+def test_unknown_config_name_lists_known_ones():
+    with pytest.raises(ValueError, match="t5_1_1_base"):
+        t5.model_config("t5_2_0_small")

@@ -1,0 +1,41 @@
+"""Shape buckets: pad batch size and lengths to a few sizes so jitted functions compile a few times, not
+once per batch.
+
+Lengths step by factors of 1.5 and 4/3 (8, 12, 16, 24, 32, 48, ...), so padding wastes at most a third
+of a sequence; batch sizes are powers of two.
+"""
+
+from typing import Sequence
+
+import numpy as np
+
+MIN_LENGTH = 8
+
+
+def bucket_length(length: int) -> int:
+    bucket = MIN_LENGTH
+    while bucket < length:
+        bucket = bucket * 3 // 2 if bucket & (bucket - 1) == 0 else bucket * 4 // 3
+    return bucket
+
+
+def bucket_batch_size(batch_size: int) -> int:
+    return 1 << max(batch_size - 1, 0).bit_length()
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]], length: int, batch_size: int, pad_id: int = 0) -> np.ndarray:
+    """[batch_size, length] int32: each sequence left-aligned, rows beyond `sequences` all padding."""
+    if len(sequences) > batch_size:
+        raise ValueError(f"{len(sequences)} sequences do not fit a batch of {batch_size}")
+    padded = np.full((batch_size, length), pad_id, np.int32)
+    for row, sequence in enumerate(sequences):
+        if len(sequence) > length:
+            raise ValueError(f"sequence of length {len(sequence)} does not fit length {length}")
+        padded[row, : len(sequence)] = sequence
+    return padded
+
+
+def bucketed(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> np.ndarray:
+    """`sequences` padded to the bucket of their count and of their longest length."""
+    longest = max((len(s) for s in sequences), default=1)
+    return pad_sequences(sequences, bucket_length(longest), bucket_batch_size(len(sequences)), pad_id)

@@ -1,0 +1,190 @@
+"""Incremental decoding with a KV cache: greedy, temperature, top-k and top-p sampling, several samples per
+input, each row stopping at its EOS.
+
+`decode` is the pure, jittable loop over fixed shapes; `generate` feeds it token-id lists from the host,
+padded to shape buckets so it compiles once per (batch, input length, cache length) bucket and sampling
+setting. Randomness is derived per sample from the RNG key and the example's position in the caller's
+list, so results do not depend on batching or padding.
+"""
+
+import dataclasses
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tinythinker_jax.models import batching
+from tinythinker_jax.models.scoring import token_log_likelihoods
+from tinythinker_jax.models.t5 import LayerCache, T5Transformer
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 0.0  # 0 decodes greedily
+    top_k: int = 0  # 0 keeps every token
+    top_p: float = 1.0  # 1 keeps every token
+
+    def __post_init__(self):
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"invalid sampling settings {self}: need temperature >= 0, top_k >= 0, 0 < top_p <= 1")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+class DecodeResult(NamedTuple):
+    tokens: jax.Array  # [batch, num_decodes, length] generated ids, EOS included, padding (0) after it
+    log_likelihood: jax.Array  # [batch, num_decodes] summed log p of the generated tokens (temperature 1, unfiltered)
+
+
+class _LoopState(NamedTuple):
+    step: jax.Array
+    last_tokens: jax.Array
+    cache: list[LayerCache]
+    tokens: jax.Array
+    done: jax.Array
+    log_likelihood: jax.Array
+
+
+def _nucleus(probs: jax.Array, top_p: float) -> jax.Array:
+    """Mask of the nucleus: the likeliest tokens whose mass first reaches `top_p`.
+
+    Finds the smallest kept probability by bisection over float32 bit patterns (ordered like the values,
+    which are non-negative): 32 masked sums instead of a vocabulary-wide sort, which XLA:CPU does slowly.
+    """
+    bits = jax.lax.bitcast_convert_type(probs, jnp.int32)
+
+    def narrow(_, bounds):
+        enough_at, too_little_at = bounds  # the mass of tokens with bits >= these is >= top_p, < top_p
+        middle = enough_at + (too_little_at - enough_at) // 2
+        enough = jnp.sum(jnp.where(bits >= middle[:, None], probs, 0.0), axis=-1) >= top_p
+        return jnp.where(enough, middle, enough_at), jnp.where(enough, too_little_at, middle)
+
+    bounds = (jnp.zeros(bits.shape[:1], jnp.int32), jnp.max(bits, axis=-1) + 1)
+    smallest_kept, _ = jax.lax.fori_loop(0, 32, narrow, bounds)
+    return bits >= smallest_kept[:, None]
+
+
+def _candidates(logits: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array | None]:
+    """What sampling draws from: tempered logits, -inf outside the nucleus; with top-k only the k likeliest
+    tokens, and their ids. Temperature, top-k, top-p, in the order `transformers` applies them."""
+    logits = logits / sampling.temperature
+    ids = None
+    if sampling.top_k:
+        logits, ids = jax.lax.top_k(logits, sampling.top_k)
+    if sampling.top_p < 1.0:
+        logits = jnp.where(_nucleus(jax.nn.softmax(logits, axis=-1), sampling.top_p), logits, -jnp.inf)
+    return logits, ids
+
+
+def _select(logits: jax.Array, keys: jax.Array, sampling: SamplingConfig) -> jax.Array:
+    if sampling.greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    candidate_logits, ids = _candidates(logits, sampling)
+    choice = jax.vmap(jax.random.categorical)(keys, candidate_logits).astype(jnp.int32)
+    return choice if ids is None else jnp.take_along_axis(ids, choice[:, None], axis=-1)[:, 0]
+
+
+def decode(
+    model: T5Transformer, encoder_input_tokens: jax.Array, rng: jax.Array, example_ids: jax.Array,
+    max_steps: jax.Array | int, *, cache_length: int, sampling: SamplingConfig = SamplingConfig(),
+    num_decodes: int = 1, eos_id: jax.Array | int | None = None,
+) -> DecodeResult:
+    """Decodes up to `max_steps` (<= `cache_length`) tokens for each input row.
+
+    `example_ids` [batch] names each row for the RNG (its index in the caller's data); rows with a negative
+    id are batch padding and are finished from the start. `eos_id` defaults to the model's; pass -1 to
+    always decode `max_steps` tokens (benchmarks).
+    """
+    config = model.config
+    eos_id = config.eos_id if eos_id is None else eos_id
+    batch = encoder_input_tokens.shape[0]
+    rows = batch * num_decodes
+
+    def per_sample(x: jax.Array) -> jax.Array:
+        return jnp.repeat(x, num_decodes, axis=0)
+
+    cache = model.init_decoding_cache(per_sample(model.encode(encoder_input_tokens)), cache_length)
+    encoder_input_tokens = per_sample(encoder_input_tokens)
+    sample_ids = per_sample(example_ids) * num_decodes + jnp.tile(jnp.arange(num_decodes), batch)
+    sample_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, sample_ids)
+
+    def keep_going(state: _LoopState) -> jax.Array:
+        return (state.step < max_steps) & ~jnp.all(state.done)
+
+    def step(state: _LoopState) -> _LoopState:
+        logits, cache = model.decode_step(state.last_tokens, state.step, state.cache, encoder_input_tokens)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(sample_keys, state.step)
+        tokens = jnp.where(state.done, config.pad_id, _select(logits, keys, sampling))
+        log_likelihood = state.log_likelihood + jnp.where(state.done, 0.0, token_log_likelihoods(logits, tokens))
+        return _LoopState(
+            step=state.step + 1,
+            last_tokens=tokens,
+            cache=cache,
+            tokens=jax.lax.dynamic_update_slice_in_dim(state.tokens, tokens[:, None], state.step, axis=1),
+            done=state.done | (tokens == eos_id),
+            log_likelihood=log_likelihood,
+        )
+
+    final = jax.lax.while_loop(
+        keep_going,
+        step,
+        _LoopState(
+            step=jnp.zeros((), jnp.int32),
+            last_tokens=jnp.full((rows,), config.decoder_start_id, jnp.int32),
+            cache=cache,
+            tokens=jnp.full((rows, cache_length), config.pad_id, jnp.int32),
+            done=per_sample(example_ids < 0),
+            log_likelihood=jnp.zeros((rows,), jnp.float32),
+        ),
+    )
+    return DecodeResult(
+        final.tokens.reshape(batch, num_decodes, cache_length), final.log_likelihood.reshape(batch, num_decodes)
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_length", "sampling", "num_decodes"))
+def _jitted_decode(graphdef, state, encoder_input_tokens, rng, example_ids, max_steps, eos_id, *, cache_length,
+                   sampling, num_decodes):
+    model = nnx.merge(graphdef, state)
+    return decode(
+        model, encoder_input_tokens, rng, example_ids, max_steps, cache_length=cache_length, sampling=sampling,
+        num_decodes=num_decodes, eos_id=eos_id,
+    )
+
+
+def generate(
+    model: T5Transformer, inputs: Sequence[Sequence[int]], *, max_decode_length: int,
+    sampling: SamplingConfig = SamplingConfig(), num_decodes: int = 1, seed: int = 0, batch_size: int = 32,
+    eos_id: int | None = None,
+) -> DecodeResult:
+    """Decodes every token-id list in `inputs`; numpy results in input order, `max_decode_length` wide."""
+    graphdef, state = nnx.split(model)
+    rng = jax.random.key(seed)
+    cache_length = batching.bucket_length(max_decode_length)
+    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
+    tokens = np.zeros((len(inputs), num_decodes, max_decode_length), np.int32)
+    log_likelihood = np.zeros((len(inputs), num_decodes), np.float32)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        encoder_input_tokens = batching.bucketed([inputs[i] for i in chunk], model.config.pad_id)
+        example_ids = np.full(encoder_input_tokens.shape[0], -1, np.int32)
+        example_ids[: len(chunk)] = chunk
+        result = _jitted_decode(
+            graphdef, state, encoder_input_tokens, rng, example_ids, max_decode_length,
+            model.config.eos_id if eos_id is None else eos_id, cache_length=cache_length, sampling=sampling,
+            num_decodes=num_decodes,
+        )
+        tokens[chunk] = np.asarray(result.tokens)[: len(chunk), :, :max_decode_length]
+        log_likelihood[chunk] = np.asarray(result.log_likelihood)[: len(chunk)]
+    return DecodeResult(tokens, log_likelihood)
+
+
+def until_eos(tokens: Sequence[int], eos_id: int = 1) -> list[int]:
+    """The generated ids before the first EOS."""
+    tokens = list(tokens)
+    return tokens[: tokens.index(eos_id)] if eos_id in tokens else tokens

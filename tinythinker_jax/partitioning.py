@@ -1,0 +1,162 @@
+"""Logical axis names to a ('data', 'model') device mesh, T5X-style.
+
+Every parameter carries `logical_axes` metadata (`embed`, `mlp`, `heads`, `kv`, `vocab`, ...) and the model
+marks its main activations with `with_logical_constraint`. A list of rules maps those names to mesh axes, so
+one model runs on one CPU, fake host devices, a GPU or a TPU slice, with data, model or data+parameter
+(FSDP-like) sharding chosen in gin:
+
+    partitioning.create_mesh.data = -1
+    partitioning.create_mesh.model = 2
+    partitioning.standard_logical_axis_rules.parameter_partitioning_dims = 2
+
+Activations are only constrained inside `activate(mesh, rules)`; outside it the model runs unsharded.
+"""
+
+import contextlib
+import threading
+from typing import Any, Callable, Iterator, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+LogicalRules = tuple[tuple[str, str | None], ...]
+MESH_AXES = ("data", "model")
+
+
+def standard_logical_axis_rules(
+    activation_partitioning_dims: int = 1, parameter_partitioning_dims: int = 1
+) -> LogicalRules:
+    """T5X's default rules: batch over `data`; heads, mlp and vocab over `model`.
+
+    `parameter_partitioning_dims=2` also splits every parameter's `embed` axis over `data` (FSDP-like:
+    the data-parallel replicas hold a slice of each weight). `activation_partitioning_dims=2` splits the
+    activations' `embed` axis over `model` as well, which helps when `model` is large.
+    A name may appear in several rules: the first one whose mesh axis is still free for the array wins, so
+    activations of shape (batch, length, embed) keep `data` for batch even when `embed` -> `data` exists.
+    """
+    if activation_partitioning_dims not in (1, 2) or parameter_partitioning_dims not in (1, 2):
+        raise ValueError("activation_partitioning_dims and parameter_partitioning_dims must be 1 or 2")
+    rules: list[tuple[str, str | None]] = [
+        ("batch", "data"),
+        ("vocab", "model"),
+        ("mlp", "model"),
+        ("heads", "model"),
+        ("kv", None),
+        ("length", None),
+        ("relpos_buckets", None),
+    ]
+    if parameter_partitioning_dims == 2:
+        rules.append(("embed", "data"))
+    if activation_partitioning_dims == 2:
+        rules.append(("embed", "model"))
+    rules.append(("embed", None))
+    return tuple(rules)
+
+
+def create_mesh(data: int = -1, model: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ('data', 'model') mesh; -1 on one axis takes whatever devices the other leaves."""
+    devices = list(devices if devices is not None else jax.devices())
+    if data == -1 and model == -1:
+        raise ValueError("at most one of data, model may be -1")
+    if data == -1:
+        data = len(devices) // model
+    if model == -1:
+        model = len(devices) // data
+    if data * model != len(devices):
+        raise ValueError(f"mesh data={data} x model={model} does not use all {len(devices)} devices")
+    return jax.make_mesh(
+        (data, model),
+        MESH_AXES,
+        axis_types=(jax.sharding.AxisType.Auto,) * 2,
+        devices=devices,
+    )
+
+
+def logical_to_mesh_axes(logical_axes: Sequence[str | None], rules: LogicalRules) -> PartitionSpec:
+    used: set[str] = set()
+    mesh_axes = []
+    for name in logical_axes:
+        chosen = None
+        for rule_name, mesh_axis in rules:
+            if rule_name == name and (mesh_axis is None or mesh_axis not in used):
+                chosen = mesh_axis
+                break
+        if chosen is not None:
+            used.add(chosen)
+        mesh_axes.append(chosen)
+    return PartitionSpec(*mesh_axes)
+
+
+class _ActiveRules(threading.local):
+    rules: LogicalRules | None = None
+
+
+_ACTIVE = _ActiveRules()
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules: LogicalRules) -> Iterator[None]:
+    """Runs (and traces) the model on `mesh` with activations constrained by `rules`.
+
+    Jitted functions must be traced inside this context to pick up the constraints.
+    """
+    previous = _ACTIVE.rules
+    _ACTIVE.rules = rules
+    try:
+        with jax.set_mesh(mesh):
+            yield
+    finally:
+        _ACTIVE.rules = previous
+
+
+def with_logical_constraint(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+    if _ACTIVE.rules is None or jax.sharding.get_abstract_mesh().empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_mesh_axes(logical_axes, _ACTIVE.rules))
+
+
+def _is_variable(x: Any) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def param_partition_specs(state: nnx.State, rules: LogicalRules) -> Any:
+    """The PartitionSpec of every variable in `state`, from its `logical_axes` metadata."""
+
+    def spec(variable: nnx.Variable) -> PartitionSpec:
+        axes = variable.get_metadata().get("logical_axes")
+        return PartitionSpec() if axes is None else logical_to_mesh_axes(axes, rules)
+
+    return jax.tree.map(spec, state, is_leaf=_is_variable)
+
+
+def param_shardings(state: nnx.State, mesh: Mesh, rules: LogicalRules) -> Any:
+    specs = param_partition_specs(state, rules)
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def shard_model(model: nnx.Module, mesh: Mesh, rules: LogicalRules) -> nnx.Module:
+    """Places `model`'s variables on `mesh` following `rules` (in place) and returns it."""
+    state = nnx.state(model)
+    shardings = param_shardings(state, mesh, rules)
+    nnx.update(model, jax.tree.map(lambda v, s: jax.device_put(v[...], s), state, shardings, is_leaf=_is_variable))
+    return model
+
+
+def create_sharded_model(create_fn: Callable[[], nnx.Module], mesh: Mesh, rules: LogicalRules) -> nnx.Module:
+    """Runs `create_fn` under jit so each device only ever holds its own slice of every parameter."""
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(create_fn))
+    shardings = param_shardings(abstract_state, mesh, rules)
+    state = jax.jit(lambda: nnx.state(create_fn()), out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
+
+
+def batch_sharding(mesh: Mesh, rules: LogicalRules, ndim: int = 2) -> NamedSharding:
+    """Sharding of a (batch, length, ...) input array."""
+    return NamedSharding(mesh, logical_to_mesh_axes((("batch", "length") + (None,) * ndim)[:ndim], rules))
+
+
+def shard_batch(batch: Any, mesh: Mesh, rules: LogicalRules) -> Any:
+    """Puts every array of `batch` on `mesh`, split along its leading (batch) axis."""
+    return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, rules, np.ndim(x))), batch)
