@@ -1,0 +1,88 @@
+"""What the benchmark scripts share: the same random T5 in Flax and in PyTorch `transformers`, the inputs,
+the timing and the JSON report. Runs unchanged on a GPU (both frameworks pick it up)."""
+
+import argparse
+import json
+import os
+import platform
+import time
+
+os.environ.setdefault("USE_TF", "0")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from tinythinker_jax.models import hf_convert, t5  # noqa: E402
+
+
+def parser(description: str, out: str) -> argparse.ArgumentParser:
+    """TinyThinker's generation shapes by default: inputs of 200 tokens, 128 generated."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="t5_1_0_small")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--input_length", type=int, default=200)
+    p.add_argument("--decode_length", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=out)
+    return p
+
+
+def models(config_name: str, dtype: str, seed: int):
+    """Our model and the reference with identical random weights (EOS disabled on the reference)."""
+    config = t5.model_config(config_name, dropout_rate=0.0, dtype=dtype)
+    hf_config = transformers.T5Config(**{**hf_convert.config_to_hf(config), "eos_token_id": None})
+    torch.manual_seed(seed)
+    reference = transformers.T5ForConditionalGeneration(hf_config).eval()
+    tensors = {name: tensor.float().numpy() for name, tensor in reference.state_dict().items()}
+    graphdef, state = nnx.split(t5.abstract_model(config))
+    nnx.replace_by_pure_dict(state, jax.tree.map(jax.numpy.asarray, hf_convert.params_from_hf(tensors, config)))
+    if dtype == "bfloat16":
+        reference = reference.to(torch.bfloat16)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return nnx.merge(graphdef, state), reference.to(device), device
+
+
+def token_batches(args):
+    rng = np.random.RandomState(args.seed)
+    inputs = rng.randint(3, 32000, (args.batch_size, args.input_length))
+    targets = rng.randint(3, 32000, (args.batch_size, args.decode_length))
+    return inputs, targets
+
+
+def best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def compare(cases: dict, tokens: int, repeats: int) -> dict:
+    """Tokens/s of ours and the reference for each case, after one compile/warm-up call each."""
+    results = {}
+    for name, (ours, theirs) in cases.items():
+        ours()
+        theirs()
+        ours_s, theirs_s = best_time(ours, repeats), best_time(theirs, repeats)
+        results[name] = {"ours_tokens_per_s": tokens / ours_s, "reference_tokens_per_s": tokens / theirs_s,
+                         "speedup": theirs_s / ours_s}
+        print(f"{name:8s} ours {tokens / ours_s:9.1f} tok/s   reference {tokens / theirs_s:9.1f}"
+              f" tok/s   speedup x{theirs_s / ours_s:.2f}", flush=True)
+    return results
+
+
+def write_report(args, device: str, results: dict) -> None:
+    report = {
+        "settings": vars(args), "jax_device": str(jax.devices()[0]), "torch_device": device,
+        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
+        "results": results,
+    }
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"wrote {args.out}")
