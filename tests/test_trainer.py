@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from tinythinker_jax.data import locations
+from tinythinker_jax.models import checkpoints as model_checkpoints
 from tinythinker_jax.models import t5
 from tinythinker_jax.training import optimizers, trainer
 
@@ -121,3 +123,52 @@ def test_sharded_runs_match_one_device(uncut, small_toyworld, tmp_path):
     for mesh, values in by_mesh.items():
         np.testing.assert_allclose([values[str(s)] for s in sorted(expected)], [expected[s] for s in sorted(expected)],
                                    rtol=2e-5, err_msg=f"mesh {mesh}")
+
+
+def test_evaluate_command_writes_every_chain_and_the_accuracy(uncut, small_toyworld, tmp_path):
+    from tinythinker_jax import cli
+
+    argv = ["evaluate", "--checkpoint", os.path.join(uncut, "best"), "--dataset", "toyworld", "--data_dir",
+            small_toyworld, "--split", "test", "--out_dir", str(tmp_path), "--max_questions", "3", "--num_chains", "2",
+            "--temperature", "0.7", "--max_decode_length", "8"]
+    assert cli.main(argv) == 0
+    rows = [json.loads(line) for line in open(tmp_path / "predictions_test.jsonl")]
+    assert len(rows) == 3 and all(len(row["chains"]) == 2 for row in rows)
+    chain = rows[0]["chains"][0]
+    assert set(chain) == {"recall", "analyses", "summary", "prediction"}
+    assert sorted(chain["analyses"]) == ["A", "B", "C", "D", "E"]
+    summary = json.load(open(tmp_path / "summary_test.json"))
+    assert summary["num_questions"] == 3 and summary["num_chains"] == 2
+    assert summary["accuracy"] == sum(row["correct"] for row in rows) / 3
+
+
+TWO_PROCESS_SCRIPT = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize("127.0.0.1:" + sys.argv[1], 2, int(sys.argv[2]))
+sys.path.insert(0, {tests!r})
+from test_trainer import train_tiny
+train_tiny({model_dir!r}, {data_dir!r})
+"""
+
+
+def test_two_processes_match_one(uncut, small_toyworld, tmp_path):
+    """Two local processes with 4 fake CPU devices each (JAX's CPU collectives), each feeding its own rows."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    script = TWO_PROCESS_SCRIPT.format(tests=os.path.dirname(__file__), model_dir=str(tmp_path), data_dir=small_toyworld)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    processes = [subprocess.Popen([sys.executable, "-c", script, port, str(i)], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    expected, actual = losses(uncut), losses(str(tmp_path))
+    assert sorted(actual) == sorted(expected)
+    np.testing.assert_allclose([actual[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)], rtol=2e-5)
+    # The saved best model (step 6) restores on any topology; both runs must hold the same parameters.
+    _, expected_params = model_checkpoints.load_params_numpy(os.path.join(uncut, "best"))
+    _, actual_params = model_checkpoints.load_params_numpy(os.path.join(tmp_path, "best"))
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6), expected_params, actual_params)

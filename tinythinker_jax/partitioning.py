@@ -157,6 +157,15 @@ def batch_sharding(mesh: Mesh, rules: LogicalRules, ndim: int = 2) -> NamedShard
     return NamedSharding(mesh, logical_to_mesh_axes((("batch", "length") + (None,) * ndim)[:ndim], rules))
 
 
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole value of `x` on this host, also when it spans other processes' devices (multi-host)."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def shard_batch(batch: Any, mesh: Mesh, rules: LogicalRules) -> Any:
     """Puts every array of `batch` on `mesh`, split along its leading (batch) axis."""
     return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, rules, np.ndim(x))), batch)

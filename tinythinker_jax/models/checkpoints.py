@@ -94,7 +94,10 @@ def restore_params(ckpt_dir: str, target: nnx.State) -> nnx.State:
     """Fills `target` (an abstract or concrete state, possibly sharded) in place from the checkpoint."""
 
     def restore_as(x: Any) -> jax.ShapeDtypeStruct:
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+        # Without a target sharding Orbax would reuse the saving run's devices, which a checkpoint written by
+        # a multi-host job does not have here: unsharded targets land on this host's first device.
+        sharding = getattr(x, "sharding", None) or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
     abstract = jax.tree.map(restore_as, nnx.to_pure_dict(target))
     params_dir = os.path.join(os.path.abspath(ckpt_dir), PARAMS_DIR)

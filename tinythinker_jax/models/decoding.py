@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from tinythinker_jax import partitioning
 from tinythinker_jax.models import batching
 from tinythinker_jax.models.scoring import token_log_likelihoods
 from tinythinker_jax.models.t5 import LayerCache, T5Transformer
@@ -179,8 +180,8 @@ def generate(
             model.config.eos_id if eos_id is None else eos_id, cache_length=cache_length, sampling=sampling,
             num_decodes=num_decodes,
         )
-        tokens[chunk] = np.asarray(result.tokens)[: len(chunk), :, :max_decode_length]
-        log_likelihood[chunk] = np.asarray(result.log_likelihood)[: len(chunk)]
+        tokens[chunk] = partitioning.to_host(result.tokens)[: len(chunk), :, :max_decode_length]
+        log_likelihood[chunk] = partitioning.to_host(result.log_likelihood)[: len(chunk)]
     return DecodeResult(tokens, log_likelihood)
 
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from tinythinker_jax import partitioning
 from tinythinker_jax.models import batching
 from tinythinker_jax.models.t5 import T5Transformer
 
@@ -89,5 +90,5 @@ def score(
         encoder_input_tokens = batching.bucketed([inputs[i] for i in chunk])
         decoder_target_tokens = batching.bucketed([targets[i] for i in chunk])
         chunk_scores = _jitted_sequence_log_likelihood(graphdef, state, encoder_input_tokens, decoder_target_tokens)
-        scores[chunk] = np.asarray(chunk_scores)[: len(chunk)]
+        scores[chunk] = partitioning.to_host(chunk_scores)[: len(chunk)]
     return scores
