@@ -1,0 +1,92 @@
+"""Training throughput of one SFT step (forward, backward, AdamW) against the same step in PyTorch
+`transformers`, on the same random weights and batch.
+
+    python benchmarks/train_step.py [--config t5_1_0_small --batch_size 64 --input_length 200 \
+        --decode_length 64 --out train_step.json]
+
+Reports examples/s and tokens/s (input + target tokens) of both and their ratio; on a GPU also our
+model FLOPs utilisation (6 x parameters x tokens per side, attention excluded) against the chip's
+dense bf16 peak.
+"""
+
+import jax
+import numpy as np
+import torch
+from flax import nnx
+
+import common
+from tinythinker_jax import partitioning
+from tinythinker_jax.models import scoring
+from tinythinker_jax.training import optimizers, trainer
+
+# Dense bf16 peak FLOP/s by `device_kind` prefix.
+PEAK_FLOPS = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12, "TPU v4": 275e12,
+              "TPU v5 lite": 197e12, "TPU v5": 459e12}
+
+
+def model_flops_per_example(model, input_length: int, target_length: int) -> float:
+    params = nnx.state(model, nnx.Param)
+    count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
+    encoder, decoder, total = count(params["encoder"]), count(params["decoder"]), count(params)
+    head = total - encoder - decoder  # embedding / logits layer, used on the decoder side
+    return 6.0 * (encoder * input_length + (decoder + head) * target_length)
+
+
+def main() -> None:
+    parser = common.parser(__doc__, "train_step.json")
+    parser.set_defaults(batch_size=64, decode_length=64, repeats=3)
+    args = parser.parse_args()
+    model, reference, device = common.models(args.config, args.dtype, args.seed)
+    inputs, targets = common.token_batches(args)
+    weights = np.ones_like(targets)
+    batch = {"encoder_input_tokens": inputs, "decoder_input_tokens": np.asarray(scoring.shift_right(targets.astype(np.int32))),
+             "decoder_target_tokens": targets, "decoder_loss_weights": weights}
+    batch = {k: np.asarray(v, np.int32) for k, v in batch.items()}
+
+    mesh = partitioning.create_mesh()
+    rules = partitioning.standard_logical_axis_rules()
+    optimizer = optimizers.create_optimizer(1000)
+    with partitioning.activate(mesh, rules):
+        # Placed as the trainer places them, so the first step's output matches its input and nothing recompiles.
+        graphdef, params, rest = nnx.split(partitioning.shard_model(model, mesh, rules), nnx.Param, ...)
+        opt_state = jax.jit(optimizer.transform.init)(params)
+        train_step = trainer._make_train_step(graphdef, rest, optimizer.transform)
+        global_batch = trainer._global_batch(batch, mesh, rules)
+        rng = jax.random.key(0)
+        state = {"params": params, "opt_state": opt_state, "step": 0}
+
+        def ours():
+            state["params"], state["opt_state"], values = train_step(
+                state["params"], state["opt_state"], global_batch, state["step"], rng)
+            state["step"] += 1
+            jax.block_until_ready(values)
+
+        reference.train()
+        torch_optimizer = torch.optim.AdamW(reference.parameters(), lr=5e-4, weight_decay=0.0)
+        torch_inputs = torch.tensor(inputs, device=device)
+        torch_targets = torch.tensor(targets, device=device)
+
+        def theirs():
+            torch_optimizer.zero_grad()
+            reference(input_ids=torch_inputs, labels=torch_targets).loss.backward()
+            torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+            torch_optimizer.step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        tokens = args.batch_size * (args.input_length + args.decode_length)
+        results = common.compare({"train_step": (ours, theirs)}, tokens, args.repeats)
+        step = results["train_step"]
+        step["ours_examples_per_s"] = step["ours_tokens_per_s"] / (args.input_length + args.decode_length)
+        step["reference_examples_per_s"] = step["reference_tokens_per_s"] / (args.input_length + args.decode_length)
+        kind = jax.devices()[0].device_kind
+        peak = next((flops for prefix, flops in PEAK_FLOPS.items() if kind.startswith(prefix)), None)
+        if peak:
+            flops = model_flops_per_example(model, args.input_length, args.decode_length)
+            step["ours_mfu"] = flops * step["ours_examples_per_s"] / peak
+            print(f"MFU {step['ours_mfu']:.1%} of {kind}'s {peak / 1e12:.0f} TFLOP/s")
+    common.write_report(args, device, results)
+
+
+if __name__ == "__main__":
+    main()
