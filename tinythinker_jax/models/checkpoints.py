@@ -31,7 +31,7 @@ EXTRA_IDS = 100  # T5's sentinel tokens, appended after the SentencePiece pieces
 
 
 class CheckpointError(ValueError):
-    pass
+    """A model checkpoint directory that cannot be read or written as asked."""
 
 
 def check_vocab_fits(num_pieces: int, config: T5Config, vocab_path: str) -> None:

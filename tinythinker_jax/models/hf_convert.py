@@ -29,7 +29,7 @@ IGNORED_TENSORS = re.compile(
 
 
 class ConversionError(ValueError):
-    pass
+    """A Hugging Face T5 directory this converter cannot turn into a checkpoint, or back."""
 
 
 def config_from_hf(hf: Mapping[str, Any]) -> T5Config:

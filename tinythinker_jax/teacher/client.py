@@ -52,7 +52,7 @@ class SendStats:
 
 
 class MissingApiKey(RuntimeError):
-    pass
+    """No API key in the environment for a server that needs one."""
 
 
 def api_key(settings: ClientSettings) -> str:
