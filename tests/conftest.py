@@ -50,3 +50,11 @@ def prepared_toyworld(tmp_path_factory) -> str:
     data_dir = str(tmp_path_factory.mktemp("toyworld"))
     prepare.ensure_prepared("toyworld", data_dir)
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def vocab_path(tmp_path_factory) -> str:
+    """The SentencePiece model the random Hugging Face T5 test models are saved with."""
+    from tinythinker_jax.models import testing
+
+    return testing.sentencepiece_model(str(tmp_path_factory.mktemp("t5_vocab")))

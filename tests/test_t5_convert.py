@@ -22,11 +22,6 @@ from tinythinker_jax.commands import model as model_commands
 from tinythinker_jax.models import checkpoints, decoding, hf_convert, scoring, testing
 
 
-@pytest.fixture(scope="module")
-def vocab_path(tmp_path_factory):
-    return testing.sentencepiece_model(str(tmp_path_factory.mktemp("vocab")))
-
-
 @pytest.fixture(scope="module", params=testing.KINDS)
 def hf_dir(request, tmp_path_factory, vocab_path):
     directory = str(tmp_path_factory.mktemp(request.param) / "hf")

@@ -17,11 +17,6 @@ EOS = 1
 MAX_DECODE_LENGTH = 10
 
 
-@pytest.fixture(scope="module")
-def vocab_path(tmp_path_factory):
-    return testing.sentencepiece_model(str(tmp_path_factory.mktemp("vocab")))
-
-
 @pytest.fixture(scope="module", params=testing.KINDS)
 def converted(request, tmp_path_factory, vocab_path):
     """(PyTorch model, our model) whose greedy outputs vary, with some rows stopping early at EOS."""

@@ -20,11 +20,6 @@ from tinythinker_jax.models import checkpoints, hf_convert, scoring, t5, testing
 TOLERANCE = 1e-4
 
 
-@pytest.fixture(scope="module")
-def vocab_path(tmp_path_factory):
-    return testing.sentencepiece_model(str(tmp_path_factory.mktemp("vocab")))
-
-
 @pytest.fixture(scope="module", params=testing.KINDS)
 def converted(request, tmp_path_factory, vocab_path):
     """(PyTorch model, our model imported through a checkpoint) for one T5 flavour."""
