@@ -1,0 +1,171 @@
+"""Preference pairs from hand-made sampled chains: one test per rule of issue 5, steps 2-4 and 6-7."""
+
+import collections
+import json
+import random
+
+from tinythinker_jax import formats
+from tinythinker_jax.chains import Chain
+from tinythinker_jax.data.records import Rationale, iter_json_lines, make_question, write_jsonl
+from tinythinker_jax.reflection.pairs import (analyze_pairs, fallback_analyses, recall_pairs, recalls_to_analyze)
+
+QUESTION = make_question("q1", "Where would you find a sofa?", [("A", "ocean"), ("B", "house"), ("C", "sky")], "B")
+RECALL = "Sofas are furniture, kept indoors"
+
+
+def chain(recall, prediction, analyses=None):
+    summary = formats.summary_target(prediction) if prediction else "I am not sure."
+    return Chain(recall=recall, analyses=analyses, summary=summary, prediction=prediction)
+
+
+def analyses(tag):
+    return {label: f"{tag} about {label}" for label in QUESTION.labels}
+
+
+def recall_rows(chains, teacher=(), seed=0):
+    return recall_pairs(QUESTION, chains, list(teacher), random.Random(seed))
+
+
+def analyze_rows(chains, fallback=(), seed=0):
+    return analyze_pairs(QUESTION, RECALL, chains, list(fallback), random.Random(seed))
+
+
+def sides(rows):
+    return collections.Counter(r["chosen"] for r in rows), collections.Counter(r["rejected"] for r in rows)
+
+
+# Recall pairs (steps 2-4).
+
+def test_recall_pairs_use_distinct_texts_and_drop_texts_on_both_sides():
+    chains = [chain("r1", "B"), chain("r1", "B"), chain("r2", "B"), chain(" r3 ", "B"), chain("r3", "B"),
+              chain("r1", "A"), chain("r4", "C"), chain("r4", "C"), chain("r5", None)]
+    rows = recall_rows(chains, teacher=["t1"])
+    chosen, rejected = sides(rows)
+    assert chosen == {"r2": 1, "r3": 1}  # r1 was also wrong once; the teacher is not needed
+    assert rejected == {"r4": 1, "r5": 1}  # an unparseable summary counts as wrong
+    assert all(r["prompt"] == formats.recall_input(QUESTION) for r in rows)
+    assert all(set(r) == {"prompt", "chosen", "rejected"} for r in rows)
+
+
+def test_question_without_rejected_recalls_is_skipped():
+    assert recall_rows([chain("r1", "B"), chain("r2", "B")], teacher=["t1"]) == []
+    assert recall_rows([chain("r1", "B"), chain("r1", "A")], teacher=["t1"]) == []  # the only wrong one overlaps
+
+
+def test_more_chosen_resamples_rejected_with_replacement():
+    chains = [chain(f"r{i}", "B") for i in range(5)] + [chain("w1", "A"), chain("w2", None)]
+    chosen, rejected = sides(recall_rows(chains))
+    assert chosen == {f"r{i}": 1 for i in range(5)}
+    assert set(rejected) == {"w1", "w2"} and sum(rejected.values()) == 5
+
+
+def test_more_rejected_adds_distinct_teacher_recalls_first():
+    chains = [chain("r1", "B"), chain("w1", "A"), chain("w2", "C"), chain("w3", None)]
+    chosen, rejected = sides(recall_rows(chains, teacher=["r1", "t1", "t2", "t3"]))
+    assert rejected == {"w1": 1, "w2": 1, "w3": 1}
+    assert chosen["r1"] == 1 and sum(chosen.values()) == 3 and max(chosen.values()) == 1
+    assert set(chosen) <= {"r1", "t1", "t2", "t3"}
+
+
+def test_teacher_recalls_fill_in_with_replacement_when_too_few():
+    chains = [chain("w1", "A"), chain("w2", "C"), chain("w3", None)]
+    assert sides(recall_rows(chains, teacher=["t1"]))[0] == {"t1": 3}
+    chosen, _ = sides(recall_rows(chains, teacher=["t1", "t2"]))
+    assert set(chosen) == {"t1", "t2"} and sum(chosen.values()) == 3
+
+
+def test_teacher_recall_equal_to_a_rejected_text_is_never_chosen():
+    chains = [chain("w1", "A"), chain("w2", "C")]
+    assert sides(recall_rows(chains, teacher=["w1", "t1"]))[0] == {"t1": 2}
+
+
+def test_without_teacher_recalls_the_surplus_rejected_are_dropped():
+    assert recall_rows([chain("w1", "A")]) == []
+    chosen, rejected = sides(recall_rows([chain("r1", "B"), chain("w1", "A"), chain("w2", "C")]))
+    assert chosen == {"r1": 1} and sum(rejected.values()) == 1 and set(rejected) <= {"w1", "w2"}
+
+
+def test_recall_pairs_are_deterministic_per_seed():
+    chains = [chain(f"r{i}", "B") for i in range(4)] + [chain(f"w{i}", "A") for i in range(3)]
+    assert recall_rows(chains, seed=7) == recall_rows(chains, seed=7)
+    assert recall_rows(list(reversed(chains)), seed=7) == recall_rows(chains, seed=7)
+    outcomes = {json.dumps(recall_rows(chains, seed=seed)) for seed in range(10)}
+    assert len(outcomes) > 1
+
+
+def test_recalls_to_analyze_are_the_distinct_chosen_sides():
+    rows = recall_rows([chain("w1", "A"), chain("w2", "C"), chain("w3", None)], teacher=["t1"])
+    assert recalls_to_analyze(rows) == ["t1"]
+    rows = recall_rows([chain("r2", "B"), chain("r1", "B"), chain("w1", "A")])
+    assert recalls_to_analyze(rows) == ["r1", "r2"]
+
+
+def test_fallback_analyses_are_the_students_gold_ones_else_the_teachers():
+    chains = [chain("r1", "B", analyses("gold")), chain("r1", "A", analyses("wrong")), chain("r2", "B", analyses("x"))]
+    teacher = [Rationale("t1", analyses("teacher")), Rationale("t2", analyses("other"))]
+    assert fallback_analyses(QUESTION, "r1", chains, teacher) == [analyses("gold")]
+    assert fallback_analyses(QUESTION, "t1", chains, teacher) == [analyses("teacher")]
+
+
+def test_rows_round_trip_through_jsonl(tmp_path):
+    rows = recall_rows([chain("r1", "B"), chain("w1", "A")])
+    path = str(tmp_path / "pairs.jsonl")
+    write_jsonl(path, rows)
+    assert [obj for _, obj in iter_json_lines(path)] == rows
+
+
+# Analyze pairs (steps 6-7).
+
+def test_each_analyze_pair_gives_a_gold_option_and_a_wrong_pick_example():
+    chains = [chain(RECALL, "B", analyses("good")), chain(RECALL, "C", analyses("bad"))]
+    rows = analyze_rows(chains, fallback=[analyses("teacher")])
+    assert rows == [
+        {"prompt": formats.analyze_input(QUESTION, RECALL, "B"), "chosen": "good about B", "rejected": "bad about B"},
+        {"prompt": formats.analyze_input(QUESTION, RECALL, "C"), "chosen": "good about C", "rejected": "bad about C"},
+    ]
+
+
+def test_analyze_tuples_are_distinct_overlap_removed_and_unparseable_dropped():
+    chains = [chain(RECALL, "B", analyses("shared")), chain(RECALL, "A", analyses("shared")),
+              chain(RECALL, "B", analyses("good")), chain(RECALL, "B", analyses("good")),
+              chain(RECALL, "A", analyses("bad")), chain(RECALL, "A", analyses("bad")),
+              chain(RECALL, None, analyses("unparsed")), chain(RECALL, "Z", analyses("no such option"))]
+    rows = analyze_rows(chains, fallback=[analyses("teacher")])
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in rows] == [
+        (formats.analyze_input(QUESTION, RECALL, "B"), "good about B", "bad about B"),
+        (formats.analyze_input(QUESTION, RECALL, "A"), "good about A", "bad about A"),
+    ]
+
+
+def test_analyze_without_rejected_is_skipped():
+    chains = [chain(RECALL, "B", analyses("good")), chain(RECALL, None, analyses("unparsed"))]
+    assert analyze_rows(chains, fallback=[analyses("teacher")]) == []
+
+
+def test_analyze_without_chosen_uses_the_fallback_with_replacement():
+    chains = [chain(RECALL, "A", analyses("bad1")), chain(RECALL, "C", analyses("bad2"))]
+    rows = analyze_rows(chains, fallback=[analyses("step1")])
+    by_prompt = collections.defaultdict(list)
+    for row in rows:
+        by_prompt[row["prompt"]].append((row["chosen"], row["rejected"]))
+    assert sorted(by_prompt[formats.analyze_input(QUESTION, RECALL, "B")]) == [
+        ("step1 about B", "bad1 about B"), ("step1 about B", "bad2 about B")]
+    assert by_prompt[formats.analyze_input(QUESTION, RECALL, "A")] == [("step1 about A", "bad1 about A")]
+    assert by_prompt[formats.analyze_input(QUESTION, RECALL, "C")] == [("step1 about C", "bad2 about C")]
+
+
+def test_analyze_more_chosen_resamples_rejected():
+    chains = [chain(RECALL, "B", analyses(f"good{i}")) for i in range(3)] + [chain(RECALL, "A", analyses("bad"))]
+    rows = analyze_rows(chains)
+    gold_rows = rows[0::2]
+    assert sorted(r["chosen"] for r in gold_rows) == [f"good{i} about B" for i in range(3)]
+    assert {r["rejected"] for r in gold_rows} == {"bad about B"}
+    assert all(r["prompt"] == formats.analyze_input(QUESTION, RECALL, "A") for r in rows[1::2])
+
+
+def test_analyze_pairs_are_deterministic_per_seed():
+    chains = [chain(RECALL, "B", analyses(f"good{i}")) for i in range(4)]
+    chains += [chain(RECALL, "A", analyses(f"bad{i}")) for i in range(3)]
+    assert analyze_rows(chains, seed=3) == analyze_rows(chains, seed=3)
+    assert analyze_rows(list(reversed(chains)), seed=3) == analyze_rows(chains, seed=3)
+    assert len({json.dumps(analyze_rows(chains, seed=seed)) for seed in range(10)}) > 1
