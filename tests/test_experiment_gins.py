@@ -50,7 +50,7 @@ def test_there_is_an_experiment_per_benchmark_and_size():
 
 
 # The published parameter counts of google-t5/t5-{small,base,large}.
-PARAMETERS = {"tiny": None, "small": 60_506_624, "base": 222_903_552, "large": 737_668_096}
+PARAMETERS = {"tiny": None, "mini": None, "small": 60_506_624, "base": 222_903_552, "large": 737_668_096}
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -64,8 +64,8 @@ def test_experiment_gin_parses_and_builds_its_model_and_datasets(experiment, req
         lengths = gin.query_parameter("TASK_FEATURE_LENGTHS/macro.value")
     finally:
         gin.clear_config()
-    assert config == t5.model_config(f"t5_1_0_{size}", **({"vocab_size": 768, "dropout_rate": 0.0}
-                                                          if dataset == "toyworld" else {}))
+    toy = dataset.startswith("toyworld")
+    assert config == t5.model_config(f"t5_1_0_{size}", **({"vocab_size": 768, "dropout_rate": 0.0} if toy else {}))
     if PARAMETERS[size]:
         state = nnx.state(t5.abstract_model(config), nnx.Param)
         assert sum(leaf.size for leaf in jax.tree.leaves(state)) == PARAMETERS[size]
@@ -84,9 +84,23 @@ def test_experiment_gin_parses_and_builds_its_model_and_datasets(experiment, req
         assert batch["encoder_input_tokens"].shape[1] <= lengths["inputs"]
 
 
+@pytest.fixture(scope="module")
+def toy_dirs(prepared_toyworld, tmp_path_factory):
+    """Toy-world variants, prepared on first use."""
+    dirs = {"toyworld": prepared_toyworld}
+
+    def get(dataset):
+        if dataset not in dirs:
+            dirs[dataset] = str(tmp_path_factory.mktemp(dataset))
+            prepare.ensure_prepared(dataset, dirs[dataset])
+        return dirs[dataset]
+
+    return get
+
+
 def data_location(dataset, request):
-    if dataset == "toyworld":
-        return request.getfixturevalue("prepared_toyworld"), None
+    if dataset.startswith("toyworld"):
+        return request.getfixturevalue("toy_dirs")(dataset), None
     dirs = request.getfixturevalue("benchmark_dirs")
     return dirs[dataset], dirs["vocabulary"]
 

@@ -86,6 +86,7 @@ def _t5_1_1(d_model, num_heads, d_kv, d_ff, num_layers, vocab_size=32128) -> T5C
 # The published shapes (Flan-T5 shares T5 1.1's); the tiny ones are for tests.
 CONFIGS: dict[str, T5Config] = {
     "t5_1_0_tiny": _t5_1_0(d_model=64, num_heads=4, d_kv=16, d_ff=128, num_layers=2),
+    "t5_1_0_mini": _t5_1_0(d_model=128, num_heads=4, d_kv=32, d_ff=512, num_layers=4),  # learns the toy world
     "t5_1_0_small": _t5_1_0(d_model=512, num_heads=8, d_kv=64, d_ff=2048, num_layers=6),
     "t5_1_0_base": _t5_1_0(d_model=768, num_heads=12, d_kv=64, d_ff=3072, num_layers=12),
     "t5_1_0_large": _t5_1_0(d_model=1024, num_heads=16, d_kv=64, d_ff=4096, num_layers=24),
