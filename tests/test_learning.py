@@ -1,6 +1,6 @@
 """Phase 1 on the toy world: the mini student learns it far above chance in minutes on this CPU.
 
-This is the one slow test (about 5 minutes on 2 cores): it is the evidence that the whole phase,
+This is the one slow test (about 7 minutes on 2 cores): it is the evidence that the whole phase,
 data to evaluation, works. Chance is 50% (yes/no); the run below measured 98% on the
 first 100 validation questions, and the test asks for 30 points over chance.
 """
