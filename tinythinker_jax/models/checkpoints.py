@@ -64,9 +64,10 @@ def save_checkpoint(ckpt_dir: str, params: Any, config: T5Config, vocab_path: st
     os.makedirs(ckpt_dir, exist_ok=True)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(os.path.join(ckpt_dir, PARAMS_DIR), params)
-    with open(os.path.join(ckpt_dir, CONFIG_FILE), "w") as f:
-        json.dump(config.to_json_dict(), f, indent=2)
-    shutil.copyfile(vocab_path, os.path.join(ckpt_dir, VOCAB_FILE))
+    if jax.process_index() == 0:  # one writer per file in a multi-host save
+        with open(os.path.join(ckpt_dir, CONFIG_FILE), "w") as f:
+            json.dump(config.to_json_dict(), f, indent=2)
+        shutil.copyfile(vocab_path, os.path.join(ckpt_dir, VOCAB_FILE))
 
 
 def load_config(ckpt_dir: str) -> T5Config:

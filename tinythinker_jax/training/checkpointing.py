@@ -63,11 +63,13 @@ def read_best_info(model_dir: str) -> dict[str, Any] | None:
 
 
 def save_best(model_dir: str, params: Any, config: T5Config, vocab_path: str, info: dict[str, Any]) -> None:
-    """Replaces MODEL_DIR/best with a complete model checkpoint (only process 0 renames)."""
+    """Replaces MODEL_DIR/best with a complete model checkpoint; every process writes its part, process 0 renames."""
     staging = os.path.join(model_dir, f"{BEST_DIR}.staging")
     if jax.process_index() == 0 and os.path.exists(staging):
         shutil.rmtree(staging)
+    _sync_processes("best model: staging cleared")
     model_checkpoints.save_checkpoint(staging, params, config, vocab_path)
+    _sync_processes("best model: staging written")  # no rename while another process is still writing
     if jax.process_index() != 0:
         return
     with open(os.path.join(staging, BEST_INFO), "w") as f:
@@ -79,3 +81,10 @@ def save_best(model_dir: str, params: Any, config: T5Config, vocab_path: str, in
         os.rename(best_dir(model_dir), previous)
     os.rename(staging, best_dir(model_dir))
     shutil.rmtree(previous, ignore_errors=True)
+
+
+def _sync_processes(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
