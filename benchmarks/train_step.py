@@ -17,7 +17,7 @@ from flax import nnx
 import common
 from tinythinker_jax import partitioning
 from tinythinker_jax.models import scoring
-from tinythinker_jax.training import optimizers, trainer
+from tinythinker_jax.training import loop, optimizers, trainer
 
 # Dense bf16 peak FLOP/s by `device_kind` prefix.
 PEAK_FLOPS = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12, "TPU v4": 275e12,
@@ -50,8 +50,8 @@ def main() -> None:
         # Placed as the trainer places them, so the first step's output matches its input and nothing recompiles.
         graphdef, params, rest = nnx.split(partitioning.shard_model(model, mesh, rules), nnx.Param, ...)
         opt_state = jax.jit(optimizer.transform.init)(params)
-        train_step = trainer._make_train_step(graphdef, rest, optimizer.transform)
-        global_batch = trainer._global_batch(batch, mesh, rules)
+        train_step = loop.make_train_step(graphdef, rest, optimizer.transform, trainer.sft_loss)
+        global_batch = loop.global_batch(batch, mesh, rules)
         rng = jax.random.key(0)
         state = {"params": params, "opt_state": opt_state, "step": 0}
 

@@ -9,6 +9,10 @@ For every dataset (csqa, obqa, strategyqa, toyworld and its variants), `register
     tinythinker.<dataset>.questions                           the questions of every split: recall
                                                               prompt -> gold summary, for evaluation
 
+and `register_pair_task` adds the self-reflection pair files of one iteration, e.g.
+
+    tinythinker.<dataset>.reflect_<iteration>.<stage>_pairs   prompt -> chosen and rejected targets
+
 Stage tasks read the teacher records (JSONL) of the training split; the question task reads the
 TFDS build of the splits. Importing this module registers every dataset at its default location
 (see `tinythinker_jax.data.locations`); call `register_dataset` again, from code or gin, to point
@@ -42,6 +46,10 @@ def stage_mixture_name(dataset: str, stage_type: str) -> str:
 
 def questions_task_name(dataset: str) -> str:
     return f"tinythinker.{dataset}.{QUESTIONS}"
+
+
+def pair_task_name(dataset: str, iteration: int, stage: str, scored: bool) -> str:
+    return f"tinythinker.{dataset}.reflect_{iteration}.{stage}_pairs{'_scored' if scored else ''}"
 
 
 def dataset_of_task(name: str) -> str:
@@ -117,6 +125,27 @@ def _question_to_text(example):
     inputs.set_shape([])
     targets.set_shape([])
     return {**example, "inputs": inputs, "targets": targets}
+
+
+def _pair_dataset(path: str, scored: bool, split: str, shuffle_files: bool, seed=None):
+    del split, shuffle_files, seed  # one file; shuffling is the trainer's
+    from tinythinker_jax.reflection import data as pair_data
+
+    rows = pair_data.read_pairs(path, scored)
+    columns = {"id": [row["id"] for row in rows], "inputs": [row["prompt"] for row in rows],
+               "chosen": [row["chosen"] for row in rows], "rejected": [row["rejected"] for row in rows]}
+    columns = {key: tf.constant(values, tf.string) for key, values in columns.items()}
+    for key in pair_data.REFERENCE_FIELDS:  # NaN until the reference has scored the file
+        columns[key] = tf.constant([row.get(key, np.nan) for row in rows], tf.float32)
+    return tf.data.Dataset.from_tensor_slices(columns)
+
+
+def register_pair_task(name: str, path: str, vocabulary_path: str, scored: bool) -> None:
+    """A task over one pair file (`tinythinker_jax.reflection.data`): prompt, chosen, rejected, tokenised."""
+    vocabulary = seqio.SentencePieceVocabulary(vocabulary_path, extra_ids=locations.EXTRA_IDS)
+    feature = seqio.Feature(vocabulary, add_eos=True)
+    source = seqio.FunctionDataSource(functools.partial(_pair_dataset, path, scored), splits=("train",))
+    _add_task(name, source, [], {"inputs": feature, "chosen": feature, "rejected": feature}, [])
 
 
 def _add_task(name: str, source: seqio.DataSource, preprocessors: list, output_features, metric_fns) -> None:

@@ -17,7 +17,7 @@ import pytest
 from tinythinker_jax.data import locations
 from tinythinker_jax.models import checkpoints as model_checkpoints
 from tinythinker_jax.models import t5
-from tinythinker_jax.training import optimizers, trainer
+from tinythinker_jax.training import loop, optimizers, trainer
 
 STEPS = 6
 
@@ -74,18 +74,18 @@ def test_run_writes_configs_metrics_checkpoint_and_best_model(uncut):
 
 
 def test_sigterm_saves_and_the_same_command_resumes_identically(uncut, small_toyworld, tmp_path, monkeypatch):
-    add = trainer._PendingMetrics.add
+    add = loop.PendingMetrics.add
 
     def add_then_preempt(self, step, stage, values):
         add(self, step, stage, values)
         if step == 2:  # a real SIGTERM, delivered mid-run to the trainer's own handler
             signal.raise_signal(signal.SIGTERM)
 
-    monkeypatch.setattr(trainer._PendingMetrics, "add", add_then_preempt)
+    monkeypatch.setattr(loop.PendingMetrics, "add", add_then_preempt)
     cut = train_tiny(tmp_path, small_toyworld)
     assert (cut.step, cut.preempted) == (3, True)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
-    monkeypatch.setattr(trainer._PendingMetrics, "add", add)
+    monkeypatch.setattr(loop.PendingMetrics, "add", add)
     resumed = train_tiny(tmp_path, small_toyworld)
     assert (resumed.step, resumed.preempted) == (STEPS, False)
     assert losses(str(tmp_path)) == losses(uncut)

@@ -100,6 +100,8 @@ class JsonFields:
             raise self.error(key, f"expected a list, got {type(value).__name__}")
         if kind is dict and not isinstance(value, dict):
             raise self.error(key, f"expected an object, got {type(value).__name__}")
+        if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise self.error(key, f"expected a number, got {json.dumps(value)[:60]}")
         if kind is bool and not isinstance(value, bool):
             raise self.error(key, f"expected true or false, got {json.dumps(value)[:60]}")
         return value

@@ -67,9 +67,9 @@ def save_best(model_dir: str, params: Any, config: T5Config, vocab_path: str, in
     staging = os.path.join(model_dir, f"{BEST_DIR}.staging")
     if jax.process_index() == 0 and os.path.exists(staging):
         shutil.rmtree(staging)
-    _sync_processes("best model: staging cleared")
+    sync_processes("best model: staging cleared")
     model_checkpoints.save_checkpoint(staging, params, config, vocab_path)
-    _sync_processes("best model: staging written")  # no rename while another process is still writing
+    sync_processes("best model: staging written")  # no rename while another process is still writing
     if jax.process_index() != 0:
         return
     with open(os.path.join(staging, BEST_INFO), "w") as f:
@@ -83,7 +83,7 @@ def save_best(model_dir: str, params: Any, config: T5Config, vocab_path: str, in
     shutil.rmtree(previous, ignore_errors=True)
 
 
-def _sync_processes(name: str) -> None:
+def sync_processes(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 

@@ -1,4 +1,4 @@
-"""Stage streams: one seqio task's examples as fixed-shape arrays, shuffled per epoch, batched by position.
+"""Training streams: one seqio task's examples as fixed-shape arrays, shuffled per epoch, batched by position.
 
 Materialising the (tokenised, length-trimmed) examples once makes the data position two integers
 (epoch, batch index): checkpointing it is trivial, a resumed run gets exactly the next batch, and every
@@ -41,10 +41,12 @@ def _trim_to_bucket(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 class Stream:
-    """Batches of one stage's examples; the last batch of an epoch is filled with zero-weight rows."""
+    """Batches of one stream's examples; the last batch of an epoch is filled with rows whose
+    `weight_field` is 0, which every loss ignores."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int):
-        self.arrays, self.batch_size, self.seed = arrays, batch_size, seed
+    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int,
+                 weight_field: str = "decoder_loss_weights"):
+        self.arrays, self.batch_size, self.seed, self.weight_field = arrays, batch_size, seed, weight_field
         self.num_examples = len(arrays["encoder_input_tokens"])
         self._order_epoch, self._order = None, None
 
@@ -67,7 +69,7 @@ class Stream:
         real = len(rows)
         rows = np.concatenate([rows, np.zeros(self.batch_size - real, rows.dtype)])
         batch = {name: array[rows] for name, array in self.arrays.items()}
-        batch["decoder_loss_weights"][real:] = 0  # filler rows: shapes stay fixed, the loss ignores them
+        batch[self.weight_field][real:] = 0  # filler rows: shapes stay fixed, the loss ignores them
         per_process = self.batch_size // process_count
         mine = slice(process_index * per_process, (process_index + 1) * per_process)
         return {name: array[mine] for name, array in batch.items()}

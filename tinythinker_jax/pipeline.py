@@ -1,0 +1,148 @@
+"""The whole method as one resumable run: phase 1, K self-reflection iterations, test evaluation of every
+phase's best model, and the report.
+
+Every piece leaves a marker (`sft/done.json`, `reflect/iteration_<i>/done.json`, `<phase>/test/
+summary_test.json`), so re-running the same command continues from the first unfinished piece; the
+trainers inside resume from their own checkpoints. `MODEL_DIR/pipeline.json` is rewritten after every
+piece and is what `report` reads.
+"""
+
+import dataclasses
+import os
+import time
+from typing import Optional
+
+import gin
+import jax
+
+import tinythinker_tasks
+from tinythinker_jax import chains, evaluation, formats, report
+from tinythinker_jax.data import benchmarks, examples, locations, records
+from tinythinker_jax.models import checkpoints, decoding
+from tinythinker_jax.reflection import iteration as reflection
+from tinythinker_jax.training import checkpointing, trainer
+
+PIPELINE_JSON = "pipeline.json"
+OPTIMIZER = "tinythinker_jax.training.optimizers.create_optimizer"  # reflect/ scopes phase 2's
+
+
+def _model_name(config) -> str:
+    """The model gin's config name (e.g. t5_1_0_base), else the shape."""
+    try:
+        return gin.query_parameter("tinythinker_jax.models.t5.model_config.name")
+    except ValueError:
+        return f"T5 d_model={config.d_model} layers={config.num_layers}"
+
+
+def _config_summary(mixture_or_task_name: str, iterations: int) -> dict:
+    """The settings a reader of the report needs, read back from the parsed gin config."""
+    dataset, stage_type = tinythinker_tasks.parse_stage_mixture(mixture_or_task_name)
+    sft = gin.get_bindings(trainer.train)
+    reflect = gin.get_bindings(reflection.run_iteration)
+    sft_optimizer = gin.get_bindings(OPTIMIZER)
+    reflect_optimizer = gin.get_bindings(f"reflect/{OPTIMIZER}")
+    sampling = reflect.get("sampling_settings")
+    return {
+        "dataset": dataset, "model": _model_name(sft["model_config"]), "stage_type": stage_type,
+        "reflect_stage_type": reflect.get("stage_type", "recall_analyze"),
+        "num_options": benchmarks.get_benchmark(dataset).num_options,
+        "sft": {"batch_size": sft.get("batch_size"), "learning_rate": sft_optimizer.get("learning_rate"),
+                "epochs": sft.get("epochs"), "train_steps": sft.get("train_steps"), "interval": sft.get("interval")},
+        "reflect": {"iterations": iterations, "batch_size": reflect.get("batch_size"),
+                    "learning_rate": reflect_optimizer.get("learning_rate"), "beta": reflect.get("beta"),
+                    "alpha": reflect.get("alpha"), "rounds": reflect.get("rounds"),
+                    "num_samples": getattr(sampling, "num_samples", None),
+                    "temperature": getattr(sampling, "temperature", None),
+                    "max_questions": reflect.get("max_questions")},
+    }
+
+
+def _data_summary(data_dir: str, stage_type: str) -> dict:
+    teacher = records.read_teacher_records(locations.teacher_path(data_dir))
+    return {"teacher_records": len(teacher),
+            "stage_examples": {stage: len(examples.stage_examples(teacher, stage, stage_type))
+                               for stage in formats.stages_of(stage_type)}}
+
+
+def _test_accuracy(checkpoint: str, out_dir: str, questions, settings: chains.ChainSettings, num_chains: int = 1,
+                   seed: int = 0) -> float:
+    """The checkpoint's accuracy on the test questions (a vote when `num_chains` > 1); computed once."""
+    summary = os.path.join(out_dir, "summary_test.json")
+    if not os.path.exists(summary):
+        runner = chains.ChainRunner(checkpoints.load_model(checkpoint), checkpoints.load_vocabulary(checkpoint),
+                                    settings)
+        evaluation.evaluate(runner, questions, out_dir, split="test", num_chains=num_chains, seed=seed,
+                            extra_summary={"checkpoint": checkpoint})
+    return reflection.read_marker(summary)["accuracy"]
+
+
+def run_pipeline(
+    *,
+    model_dir: str,
+    mixture_or_task_name: str,
+    iterations: int = 5,
+    test_num_chains: int = 0,
+    test_temperature: float = 0.7,
+    max_test_questions: Optional[int] = None,
+    data_dir: Optional[str] = None,
+    chain_settings: chains.ChainSettings = chains.ChainSettings(),
+) -> Optional[dict]:
+    """Runs (or continues) the pipeline; None when SIGTERM stopped it (run it again to resume)."""
+    started = time.time()
+    dataset, stage_type = tinythinker_tasks.parse_stage_mixture(mixture_or_task_name)
+    data_dir = data_dir or locations.dataset_dir(dataset)
+    path = os.path.join(model_dir, PIPELINE_JSON)
+    previous = reflection.read_marker(path) or {}
+    state = {"config": _config_summary(mixture_or_task_name, iterations), "phases": [],
+             "wall_seconds": previous.get("wall_seconds", 0.0)}
+
+    def save(final: bool = False) -> None:
+        state["wall_seconds"] = previous.get("wall_seconds", 0.0) + time.time() - started
+        if jax.process_index() == 0:
+            records.write_json(path, state)
+            if final:
+                report.write_report(model_dir)
+
+    sft_dir = reflection.sft_dir(model_dir)
+    sft_done = reflection.read_marker(os.path.join(sft_dir, "done.json"))
+    if sft_done is None:
+        phase_started = time.time()
+        result = gin.get_configurable(trainer.train)(model_dir=sft_dir, data_dir=data_dir)
+        if result.preempted:
+            save()
+            return None
+        sft_done = {"validation_accuracy": result.best_accuracy, "best_step": result.best_step,
+                    "wall_seconds": time.time() - phase_started}
+        if jax.process_index() == 0:
+            records.write_json(os.path.join(sft_dir, "done.json"), sft_done)
+        checkpointing.sync_processes("sft done")
+    state["data"] = _data_summary(data_dir, stage_type)
+    tinythinker_tasks.register_dataset(dataset, data_dir, checkpoints.vocab_path(checkpointing.best_dir(sft_dir)))
+    test_questions = tinythinker_tasks.load_questions(dataset, "test")[:max_test_questions]
+    sampled = decoding.SamplingConfig(temperature=test_temperature)
+    voting = dataclasses.replace(chain_settings, recall=sampled, analyze=sampled, summarize=sampled)
+
+    def tested(phase: dict, phase_dir: str) -> dict:
+        best = checkpointing.best_dir(phase_dir)
+        phase["test_accuracy"] = _test_accuracy(best, os.path.join(phase_dir, "test"), test_questions,
+                                                chain_settings)
+        phase["test_self_consistency_accuracy"] = None
+        if test_num_chains > 1:
+            phase["test_self_consistency_accuracy"] = _test_accuracy(
+                best, os.path.join(phase_dir, "test_self_consistency"), test_questions, voting, test_num_chains)
+        return phase
+
+    state["phases"].append(tested({"name": "sft", **sft_done}, sft_dir))
+    save()
+    for i in range(1, iterations + 1):
+        result = gin.get_configurable(reflection.run_iteration)(model_dir=model_dir, iteration=i, data_dir=data_dir)
+        if result.preempted:
+            save()
+            return None
+        phase = {"name": f"iteration_{i}", "validation_accuracy": result.best_accuracy, "best_step": result.best_step,
+                 "pairs": result.pairs, "wall_seconds_by_step": result.wall_seconds,
+                 "wall_seconds": sum(result.wall_seconds.values())}
+        state["phases"].append(tested(phase, reflection.iteration_dir(model_dir, i)))
+        save()
+    save(final=True)
+    return state

@@ -1,0 +1,104 @@
+"""Steps 1 and 5 of self-reflection: the student samples its own chains, and `pairs` turns them into
+preference rows.
+
+Questions are processed in fixed chunks whose rows are written atomically as they finish, so an
+interrupted generation resumes at the first unfinished chunk. Every random choice depends only on the
+seed, the chunk and the question id, so a resumed run writes exactly what an uninterrupted one would.
+"""
+
+import dataclasses
+import os
+import random
+import zlib
+from typing import Mapping, Sequence
+
+from tqdm import tqdm
+
+from tinythinker_jax import chains
+from tinythinker_jax.data.records import Question, Rationale, iter_json_lines, write_jsonl
+from tinythinker_jax.models import decoding
+from tinythinker_jax.reflection import pairs
+
+PAIR_STAGES = ("recall", "analyze")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    num_samples: int = 10  # N chains per question (step 1) and per (question, chosen recall) (step 5)
+    temperature: float = 0.7
+    chunk_size: int = 256  # questions per resumable unit
+
+
+def _seed(*parts) -> int:
+    return zlib.crc32(":".join(map(str, parts)).encode())
+
+
+def sample_chunk(model, vocabulary, questions: Sequence[Question], teacher: Mapping[str, Sequence[Rationale]],
+                 chain_settings: chains.ChainSettings, settings: SamplingSettings, seed: int) -> list[dict]:
+    """Recall and analyze rows (`{"stage", "id", "prompt", "chosen", "rejected"}`) for some questions."""
+    sampled = decoding.SamplingConfig(temperature=settings.temperature)
+    greedy = decoding.SamplingConfig()
+    n = settings.num_samples
+    # Step 1: recall sampled, analyze and summarize greedy.
+    recall_runner = chains.ChainRunner(model, vocabulary, dataclasses.replace(
+        chain_settings, recall=sampled, analyze=greedy, summarize=greedy))
+    first_chains = recall_runner.run(questions, "full", num_chains=n, seed=_seed(seed, "recall"))
+    rows, to_analyze = [], []
+    for question, question_chains in zip(questions, first_chains):
+        rng = random.Random(_seed(seed, "recall", question.id))
+        rationales = teacher.get(question.id, ())
+        recall_rows = pairs.recall_pairs(question, question_chains, [r.recall for r in rationales], rng)
+        rows += [{"stage": "recall", "id": question.id, **row} for row in recall_rows]
+        to_analyze += [(question, question_chains, recall) for recall in pairs.recalls_to_analyze(recall_rows)]
+    if not to_analyze:
+        return rows
+    # Step 5: for every chosen recall, analyze sampled and summarize greedy.
+    analyze_runner = chains.ChainRunner(model, vocabulary, dataclasses.replace(
+        chain_settings, recall=greedy, analyze=sampled, summarize=greedy))
+    second_chains = analyze_runner.run([question for question, _, _ in to_analyze], "full", num_chains=n,
+                                       seed=_seed(seed, "analyze"),
+                                       recalls=[[recall] * n for _, _, recall in to_analyze])
+    for (question, question_chains, recall), recall_chains in zip(to_analyze, second_chains):
+        rng = random.Random(_seed(seed, "analyze", question.id, recall))
+        fallback = pairs.fallback_analyses(question, recall, question_chains, teacher.get(question.id, ()))
+        rows += [{"stage": "analyze", "id": question.id, **row}
+                 for row in pairs.analyze_pairs(question, recall, recall_chains, fallback, rng)]
+    return rows
+
+
+def pairs_path(out_dir: str, stage: str) -> str:
+    return os.path.join(out_dir, f"{stage}_pairs.jsonl")
+
+
+def generate_pairs(model, vocabulary, questions: Sequence[Question], teacher: Mapping[str, Sequence[Rationale]],
+                   out_dir: str, chain_settings: chains.ChainSettings, settings: SamplingSettings,
+                   seed: int, write: bool = True) -> dict[str, int]:
+    """Writes `recall_pairs.jsonl` and `analyze_pairs.jsonl` under `out_dir` and returns their row counts.
+
+    Finished chunks (`chunks/<k>.jsonl`) are reused. `write=False` (every process of a multi-host run
+    but the first) computes the same chunks without writing them.
+    """
+    chunk_dir = os.path.join(out_dir, "chunks")
+    starts = range(0, len(questions), settings.chunk_size)
+    rows: list[dict] = []
+    with tqdm(total=len(questions), desc="sampling chains", unit="question", disable=not write) as progress:
+        for index, start in enumerate(starts):
+            path = os.path.join(chunk_dir, f"{index:05d}.jsonl")
+            chunk = questions[start:start + settings.chunk_size]
+            if os.path.exists(path):
+                chunk_rows = [row for _, row in iter_json_lines(path)]
+            else:
+                chunk_rows = sample_chunk(model, vocabulary, chunk, teacher, chain_settings, settings,
+                                          _seed(seed, index))
+                if write:
+                    write_jsonl(path, chunk_rows)
+            rows += chunk_rows
+            progress.update(len(chunk))
+    counts = {}
+    for stage in PAIR_STAGES:
+        stage_rows = [{key: row[key] for key in ("id", "prompt", "chosen", "rejected")}
+                      for row in rows if row["stage"] == stage]
+        if write:
+            write_jsonl(pairs_path(out_dir, stage), stage_rows)
+        counts[stage] = len(stage_rows)
+    return counts

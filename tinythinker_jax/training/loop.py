@@ -1,0 +1,199 @@
+"""The training loop both phases share: jitted steps over interleaved streams, periodic validation, the
+best model kept, Orbax checkpoints, SIGTERM handling.
+
+One jitted, buffer-donating step per batch; metrics leave the device only every `log_every` steps (and a
+non-finite loss is caught there, before any checkpoint can be written); validation runs at every
+`eval_every` steps and at the end; SIGTERM saves and exits at a step boundary, and the same command
+resumes at the same step and the same next batch.
+"""
+
+import dataclasses
+import functools
+import math
+import signal
+import time
+from typing import Callable, Mapping, Optional
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+from tinythinker_jax import partitioning
+from tinythinker_jax.models.t5 import T5Config, T5Transformer
+from tinythinker_jax.training import checkpointing, metrics, optimizers, schedule, streams
+
+# loss_fn(model, batch, dropout_rng) -> (loss, device metrics); a "tokens" metric is summed for tokens/s.
+LossFn = Callable[[T5Transformer, dict[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    step: int
+    best_accuracy: Optional[float]
+    best_step: Optional[int]
+    preempted: bool
+
+
+class Preemption:
+    """Turns SIGTERM into a request to save and stop at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def close(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, transform: optax.GradientTransformation, loss_fn: LossFn):
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def train_step(params, opt_state, batch, step, rng):
+        dropout_rng = jax.random.fold_in(rng, step)
+
+        def loss_of(params):
+            return loss_fn(nnx.merge(graphdef, params, rest), batch, dropout_rng)
+
+        (loss, values), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+        updates, opt_state = transform.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {**values, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+    return train_step
+
+
+def global_batch(local: Mapping[str, np.ndarray], mesh, rules) -> dict[str, jax.Array]:
+    """This process's rows of every array, assembled into global arrays split on `data`."""
+    return {name: jax.make_array_from_process_local_data(partitioning.batch_sharding(mesh, rules, array.ndim), array)
+            for name, array in local.items()}
+
+
+class PendingMetrics:
+    """Per-step device metrics, fetched together so the step loop never waits on the device."""
+
+    def __init__(self):
+        self.rows: list[tuple[int, str, dict[str, jax.Array]]] = []
+        self.started = time.time()
+
+    def add(self, step: int, stage: str, values: dict[str, jax.Array]) -> None:
+        self.rows.append((step, stage, values))
+
+    def flush(self, batch_size: int) -> dict[str, float]:
+        """Means of the pending steps' metrics (and loss per stage); raises on the first non-finite loss."""
+        if not self.rows:
+            return {}
+        fetched = jax.device_get([values for _, _, values in self.rows])
+        for (step, stage, _), values in zip(self.rows, fetched):
+            if not math.isfinite(float(values["loss"])):
+                raise FloatingPointError(
+                    f"loss is {float(values['loss'])} at step {step} (stage {stage}): stopping without "
+                    "saving; the last checkpoint in its checkpoints/ directory holds the last good state")
+        elapsed = max(time.time() - self.started, 1e-9)
+        summary = {name: float(np.mean([v[name] for v in fetched])) for name in fetched[0] if name != "tokens"}
+        summary["examples_per_second"] = batch_size * len(fetched) / elapsed
+        if "tokens" in fetched[0]:
+            summary["tokens_per_second"] = float(sum(v["tokens"] for v in fetched)) / elapsed
+        for stage in sorted({stage for _, stage, _ in self.rows}):
+            summary[f"loss/{stage}"] = float(np.mean([v["loss"] for (_, s, _), v in zip(self.rows, fetched) if s == stage]))
+        self.rows, self.started = [], time.time()
+        return summary
+
+
+@dataclasses.dataclass
+class Loop:
+    """What a run trains on and how it is judged; `run` does the rest."""
+
+    model_dir: str
+    name: str  # for the progress bar and messages
+    model: T5Transformer
+    model_config: T5Config  # saved with the best model
+    vocab_path: str  # saved with the best model
+    optimizer: optimizers.Optimizer
+    loss_fn: LossFn
+    streams: Mapping[str, streams.Stream]
+    blocks: schedule.BlockSchedule
+    total_steps: int
+    eval_every: int
+    validate: Callable[[T5Transformer], float]  # validation accuracy of a model
+    mesh: jax.sharding.Mesh
+    rules: partitioning.LogicalRules
+    batch_size: int
+    seed: int = 0
+    keep_checkpoints: int = 3
+    log_every: int = 10
+
+    def run(self) -> TrainResult:
+        checkpoints = checkpointing.TrainCheckpoints(self.model_dir, self.keep_checkpoints)
+        writer = metrics.MetricsWriter(self.model_dir)
+        preemption = Preemption()
+        try:
+            return self._run(checkpoints, writer, preemption)
+        finally:
+            preemption.close()
+            writer.close()
+            checkpoints.close()
+
+    def _run(self, checkpoints, writer, preemption) -> TrainResult:
+        graphdef, params, rest = nnx.split(self.model, nnx.Param, ...)
+        opt_state = jax.jit(self.optimizer.transform.init)(params)
+        rng = jax.random.key_data(jax.random.key(self.seed))
+        step, data_state, best = 0, schedule.BlockSchedule.initial_state(), {"accuracy": None, "step": None}
+        latest = checkpoints.latest_step()
+        if latest is not None:
+            arrays, info = checkpoints.restore(latest, {"params": params, "opt_state": opt_state, "rng": rng})
+            params, opt_state, rng = arrays["params"], arrays["opt_state"], arrays["rng"]
+            step, data_state, best = info["step"], info["data_state"], info["best"]
+            print(f"Resuming {self.name} from {self.model_dir} at step {step}.")
+        train_step = make_train_step(graphdef, rest, self.optimizer.transform, self.loss_fn)
+
+        def save(step_now: int) -> None:
+            checkpoints.save(step_now, {"params": params, "opt_state": opt_state, "rng": rng},
+                             {"step": step_now, "data_state": data_state, "best": best})
+
+        def validate(step_now: int) -> float:
+            model = nnx.merge(graphdef, params, rest)
+            accuracy = self.validate(model)
+            writer.write(step_now, {"validation/accuracy": accuracy})
+            if best["accuracy"] is None or accuracy > best["accuracy"]:
+                best.update(accuracy=accuracy, step=step_now)
+                checkpointing.save_best(self.model_dir, nnx.state(model), self.model_config, self.vocab_path,
+                                        {"step": step_now, "validation_accuracy": accuracy})
+            return accuracy
+
+        pending = PendingMetrics()
+        rng_key = jax.random.wrap_key_data(rng)
+        progress = tqdm(total=self.total_steps, initial=step, desc=self.name, unit="step",
+                        disable=jax.process_index() != 0, dynamic_ncols=True)
+        while step < self.total_steps and not preemption.requested:
+            draw, data_state = self.blocks.next(data_state)
+            local = self.streams[draw.stream].batch(draw.epoch, draw.batch_index, jax.process_index(),
+                                                    jax.process_count())
+            params, opt_state, values = train_step(
+                params, opt_state, global_batch(local, self.mesh, self.rules), step, rng_key)
+            pending.add(step, draw.stream, values)
+            step += 1
+            progress.update(1)
+            boundary = step % self.eval_every == 0 or step == self.total_steps
+            if step % self.log_every == 0 or boundary:
+                summary = pending.flush(self.batch_size)
+                summary["learning_rate"] = float(self.optimizer.learning_rate(step - 1))
+                writer.write(step, summary)
+                progress.set_postfix(stage=draw.stream, loss=f"{summary['loss']:.3f}",
+                                     ex_s=f"{summary['examples_per_second']:.0f}")
+            if boundary:
+                accuracy = validate(step)
+                progress.write(f"{self.name} step {step}: validation accuracy {accuracy:.3f} "
+                               f"(best {best['accuracy']:.3f} at step {best['step']})")
+                save(step)
+        preempted = preemption.requested and step < self.total_steps
+        if preempted:
+            pending.flush(self.batch_size)
+            save(step)
+            progress.write(f"SIGTERM: saved step {step} to {self.model_dir}; run the same command to resume.")
+        progress.close()
+        return TrainResult(step, best["accuracy"], best["step"], preempted)
