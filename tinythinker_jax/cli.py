@@ -8,7 +8,7 @@ import sys
 # Each module defines `add_parser(subparsers)`, which registers its subcommands and sets
 # `func(args) -> int` on them. Heavy imports (TensorFlow, JAX) happen inside `func`, so
 # `tinythinker --help` stays fast.
-COMMAND_MODULES = ("data", "teacher", "model", "train", "reflect", "evaluate", "report")
+COMMAND_MODULES = ("demo", "data", "teacher", "model", "train", "reflect", "evaluate", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,71 @@
+"""`tinythinker demo` / the pipeline, shrunk to seconds: phases in order, the report, and resuming after an
+interruption without redoing finished work."""
+
+import json
+import os
+import signal
+
+import gin
+import pytest
+
+from tinythinker_jax import cli, evaluation
+from tinythinker_jax.reflection import data as pair_data
+from tinythinker_jax.reflection import sampling
+from tinythinker_jax.training import loop
+
+SMALL = ["--gin.TRAIN_STEPS=4", "--gin.ITERATIONS=1", "--gin.REFLECT_MAX_QUESTIONS=4", "--gin.NUM_SAMPLES=2",
+         "--gin.ROUNDS=1", "--gin.trainer.train.max_eval_questions=2", "--gin.trainer.train.eval_every=4",
+         "--gin.iteration.run_iteration.max_eval_questions=2", "--gin.pipeline.run_pipeline.max_test_questions=3",
+         "--gin.t5.model_config.name='t5_1_0_tiny'"]
+
+
+def demo(out):
+    try:
+        return cli.main(["demo", "--out", str(out), *SMALL])
+    finally:
+        gin.clear_config()
+
+
+def test_interrupted_demo_resumes_without_redoing_finished_work(tmp_path, monkeypatch, capsys):
+    add = loop.PendingMetrics.add
+
+    def add_then_preempt(self, step, stage, values):
+        add(self, step, stage, values)
+        if step == 1:
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(loop.PendingMetrics, "add", add_then_preempt)
+    assert demo(tmp_path) == 0
+    assert "run `tinythinker demo --out" in capsys.readouterr().out
+    assert not os.path.exists(tmp_path / "sft" / "done.json")
+
+    monkeypatch.setattr(loop.PendingMetrics, "add", add)
+    assert demo(tmp_path) == 0
+    printed = capsys.readouterr().out
+    state = json.load(open(tmp_path / "pipeline.json"))
+    assert [phase["name"] for phase in state["phases"]] == ["sft", "iteration_1"]
+    assert state["phases"][1]["pairs"]["recall"] >= 4  # random student: every sampled recall is wrong
+    assert all(0.0 <= phase["test_accuracy"] <= 1.0 for phase in state["phases"])
+    assert state["config"]["dataset"] == "toyworld_yesno" and state["data"]["teacher_records"] > 0
+    for name in ("report.md", "report.json", "accuracy.png"):
+        assert (tmp_path / name).is_file()
+    assert "| iteration_1 |" in printed
+
+    def fail(*args, **kwargs):
+        raise AssertionError("finished work was redone")
+
+    # Loop.run trains both phases; the trainers themselves stay, since gin registered them.
+    for module, name in ((sampling, "sample_chunk"), (pair_data, "score_pairs"), (loop.Loop, "run"),
+                         (evaluation, "evaluate")):
+        monkeypatch.setattr(module, name, fail)
+    assert demo(tmp_path) == 0
+    again = json.load(open(tmp_path / "pipeline.json"))
+    assert again["phases"] == state["phases"]
+
+
+def test_demo_explains_a_missing_source_checkout(tmp_path, monkeypatch):
+    from tinythinker_jax.commands import demo as demo_command
+
+    monkeypatch.setattr(demo_command, "REPO", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="pip install -e"):
+        demo(tmp_path / "out")

@@ -1,0 +1,157 @@
+"""One self-reflection iteration end to end on the toy world: sampling, reference scoring, DPO training,
+and resuming without redoing finished steps."""
+
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from tinythinker_jax.data import records
+from tinythinker_jax.models import checkpoints, scoring
+from tinythinker_jax.models import t5
+from tinythinker_jax.reflection import data as pair_data
+from tinythinker_jax.reflection import iteration, sampling
+from tinythinker_jax.training import loop, trainer
+
+MIXTURE = "tinythinker.toyworld.full_stages"
+LENGTHS = {"inputs": 192, "targets": 32}
+CONFIG = t5.model_config("t5_1_0_tiny", vocab_size=768)
+
+
+@pytest.fixture(scope="module")
+def sft_model_dir(prepared_toyworld, tmp_path_factory):
+    """A pipeline directory whose phase 1 is done (two steps: these tests check mechanics, not learning)."""
+    model_dir = str(tmp_path_factory.mktemp("pipeline"))
+    trainer.train(model_dir=iteration.sft_dir(model_dir), mixture_or_task_name=MIXTURE, task_feature_lengths=LENGTHS,
+                  model_config=CONFIG, batch_size=8, train_steps=2, data_dir=prepared_toyworld, max_eval_questions=2)
+    return model_dir
+
+
+def run(model_dir, data_dir, **overrides):
+    settings = dict(
+        model_dir=model_dir, iteration=1, mixture_or_task_name=MIXTURE, task_feature_lengths=LENGTHS,
+        model_config=CONFIG, batch_size=8, rounds=2, data_dir=data_dir, max_questions=6, max_eval_questions=2,
+        sampling_settings=sampling.SamplingSettings(num_samples=3, chunk_size=4), log_every=1,
+    )
+    return iteration.run_iteration(**{**settings, **overrides})
+
+
+def metrics(model_dir):
+    with open(os.path.join(iteration.iteration_dir(model_dir, 1), "metrics.jsonl")) as f:
+        return [row for row in map(json.loads, f) if "loss" in row]
+
+
+def test_pair_blocks_follow_the_paper():
+    counts = {"recall": 70, "analyze": 300}
+    assert iteration.pair_blocks(counts, "recall_analyze", 32) == (("recall", 3), ("analyze", 15))
+    assert iteration.pair_blocks(counts, "recall", 32) == (("recall", 3),)
+    assert iteration.pair_blocks(counts, "analyze", 32) == (("analyze", 15),)
+    assert iteration.pair_blocks({"recall": 70, "analyze": 0}, "recall_analyze", 32) == (("recall", 3),)
+    assert iteration.pair_blocks({"recall": 0, "analyze": 0}, "recall_analyze", 32) == ()
+
+
+@pytest.fixture(scope="module")
+def first_run(sft_model_dir, prepared_toyworld, tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("reflect"))
+    shutil.copytree(iteration.sft_dir(sft_model_dir), iteration.sft_dir(model_dir))
+    return model_dir, run(model_dir, prepared_toyworld)
+
+
+def test_iteration_writes_pairs_scores_and_the_best_model(first_run):
+    model_dir, result = first_run
+    out = iteration.iteration_dir(model_dir, 1)
+    pairs_dir = os.path.join(out, "pairs")
+    assert sorted(os.listdir(os.path.join(pairs_dir, "chunks"))) == ["00000.jsonl", "00001.jsonl"]  # 6 questions / 4
+    counts = json.load(open(os.path.join(pairs_dir, "counts.json")))
+    assert counts["questions"] == 6 and result.pairs == {"recall": counts["recall"], "analyze": counts["analyze"]}
+    # The random student never states an option, so every sampled recall is rejected and the teacher's
+    # recalls are the chosen side: at least one pair per question.
+    assert counts["recall"] >= 6
+    assert len(pair_data.read_pairs(sampling.pairs_path(pairs_dir, "recall"))) == counts["recall"]
+    assert json.load(open(os.path.join(out, "best", "best.json")))["step"] == result.best_step
+    assert json.load(open(os.path.join(out, "done.json")))["iteration"] == 1
+    assert set(result.wall_seconds) == {"generate", "score", "train"}
+
+
+def test_reference_scores_are_the_reference_models_log_likelihoods(first_run):
+    model_dir, _ = first_run
+    reference = iteration.reference_checkpoint(model_dir, 1)
+    model, vocabulary = checkpoints.load_model(reference), checkpoints.load_vocabulary(reference)
+    path = sampling.pairs_path(os.path.join(iteration.iteration_dir(model_dir, 1), "pairs"), "recall")
+    rows = pair_data.read_pairs(path.replace(".jsonl", "_scored.jsonl"), scored=True)
+    encode = lambda text, limit: list(vocabulary.encode(text))[: limit - 1] + [1]  # noqa: E731
+    for side in ("chosen", "rejected"):
+        expected = scoring.score(model, [encode(r["prompt"], LENGTHS["inputs"]) for r in rows],
+                                 [encode(r[side], LENGTHS["targets"]) for r in rows])
+        np.testing.assert_allclose([r[f"reference_{side}"] for r in rows], expected, rtol=1e-5, atol=1e-4)
+
+
+def test_first_step_starts_at_the_reference(first_run):
+    """Policy == reference before the first update: every reward is 0 and the DPO loss is log 2."""
+    model_dir, _ = first_run
+    first = metrics(model_dir)[0]
+    assert first["step"] == 1
+    assert math.isclose(first["dpo_loss"], math.log(2), abs_tol=1e-5)
+    assert abs(first["rewards/chosen"]) < 1e-5 and abs(first["rewards/margin"]) < 1e-5
+    assert {"nll", "rewards/accuracy", "rewards/rejected", "grad_norm", "learning_rate"} <= set(first)
+
+
+def test_finished_steps_are_never_redone(first_run, prepared_toyworld, monkeypatch):
+    model_dir, result = first_run
+
+    def fail(*args, **kwargs):
+        raise AssertionError("finished work was redone")
+
+    monkeypatch.setattr(sampling, "sample_chunk", fail)
+    monkeypatch.setattr(pair_data, "score_pairs", fail)
+    monkeypatch.setattr(loop.Loop, "run", fail)
+    assert run(model_dir, prepared_toyworld) == result
+
+
+def test_training_resumes_from_finished_pairs_and_matches_the_first_run(first_run, prepared_toyworld, tmp_path,
+                                                                        monkeypatch):
+    """Cut after scoring: the re-run samples nothing and trains to the same losses."""
+    model_dir, _ = first_run
+    copy = str(tmp_path / "copy")
+    shutil.copytree(iteration.sft_dir(model_dir), iteration.sft_dir(copy))
+    shutil.copytree(os.path.join(iteration.iteration_dir(model_dir, 1), "pairs"),
+                    os.path.join(iteration.iteration_dir(copy, 1), "pairs"))
+    monkeypatch.setattr(sampling, "sample_chunk", lambda *a, **k: pytest.fail("pairs were sampled again"))
+    resumed = run(copy, prepared_toyworld)
+    assert [m["loss"] for m in metrics(copy)] == pytest.approx([m["loss"] for m in metrics(model_dir)], abs=1e-6)
+    assert resumed.pairs == json.load(open(os.path.join(iteration.iteration_dir(model_dir, 1), "done.json")))["pairs"]
+
+
+def test_recall_and_analyze_pairs_train_in_blocks(sft_model_dir, prepared_toyworld, tmp_path):
+    """Hand-written pair files stand in for sampling: both streams are trained, in the paper's blocks."""
+    model_dir = str(tmp_path)
+    shutil.copytree(iteration.sft_dir(sft_model_dir), iteration.sft_dir(model_dir))
+    pairs_dir = os.path.join(iteration.iteration_dir(model_dir, 1), "pairs")
+    prompt = "Is a sofa furniture?\n(A) yes (B) no\n"
+    records.write_jsonl(sampling.pairs_path(pairs_dir, "recall"), [
+        {"id": f"q{i}", "prompt": prompt + "Recall:", "chosen": "Sofas are furniture.", "rejected": f"No {i}."}
+        for i in range(5)])
+    records.write_jsonl(sampling.pairs_path(pairs_dir, "analyze"), [
+        {"id": f"q{i}", "prompt": prompt + "Analyze: For option A,", "chosen": "it is.", "rejected": ""}
+        for i in range(12)])
+    records.write_json(os.path.join(pairs_dir, "counts.json"),
+                       {"recall": 5, "analyze": 12, "questions": 5, "wall_seconds": 0.0})
+    result = run(model_dir, prepared_toyworld, batch_size=4)
+    # Blocks: recall 5 // 4 + 1 = 2 steps, analyze (12 // 5 + 1) x 2 = 6 steps; a round is one pass over
+    # each (2 + 3 batches), and two rounds are trained.
+    rows = metrics(model_dir)
+    assert [row["step"] for row in rows] == list(range(1, 11))
+    assert [("loss/recall" in row, "loss/analyze" in row) for row in rows[:5]] == \
+        [(True, False)] * 2 + [(False, True)] * 3
+    assert result.best_step in (5, 10)
+
+
+def test_bad_pair_file_names_line_and_field(tmp_path):
+    path = str(tmp_path / "recall_pairs_scored.jsonl")
+    records.write_jsonl(path, [{"id": "q", "prompt": "p", "chosen": "a", "rejected": "b",
+                                "reference_chosen": -1.0, "reference_rejected": "x"}])
+    with pytest.raises(records.DataError, match=r"recall_pairs_scored.jsonl:1: field 'reference_rejected'"):
+        pair_data.read_pairs(path, scored=True)
