@@ -63,8 +63,9 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
-def compare(cases: dict, tokens: int, repeats: int) -> dict:
-    """Tokens/s of ours and the reference for each case, after one compile/warm-up call each."""
+def compare(cases: dict, tokens: int, repeats: int, unit: str = "tok") -> dict:
+    """Tokens (or other `unit`s) per second of ours and the reference for each case, after one
+    compile/warm-up call each; the result keys say tokens whatever the unit."""
     results = {}
     for name, (ours, theirs) in cases.items():
         ours()
@@ -72,8 +73,8 @@ def compare(cases: dict, tokens: int, repeats: int) -> dict:
         ours_s, theirs_s = best_time(ours, repeats), best_time(theirs, repeats)
         results[name] = {"ours_tokens_per_s": tokens / ours_s, "reference_tokens_per_s": tokens / theirs_s,
                          "speedup": theirs_s / ours_s}
-        print(f"{name:8s} ours {tokens / ours_s:9.1f} tok/s   reference {tokens / theirs_s:9.1f}"
-              f" tok/s   speedup x{theirs_s / ours_s:.2f}", flush=True)
+        print(f"{name:8s} ours {tokens / ours_s:9.1f} {unit}/s   reference {tokens / theirs_s:9.1f}"
+              f" {unit}/s   speedup x{theirs_s / ours_s:.2f}", flush=True)
     return results
 
 

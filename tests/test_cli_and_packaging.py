@@ -36,8 +36,15 @@ def test_preview_prints_exact_strings_and_token_counts(prepared_toyworld, capsys
         assert row["inputs_tokens"] > 10 and row["targets_tokens"] > 1
 
 
-def test_readme_first_command_runs_on_a_fresh_data_root(tmp_path):
-    """The quickstart's `tinythinker ...` part, with nothing prepared beforehand."""
+def test_readme_first_command_is_the_demo():
+    """The demo itself runs, shrunk, in test_pipeline.py; its full-size figures are measured (README)."""
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    first_block = readme.split("```bash\n", 1)[1].split("```", 1)[0]
+    assert first_block.strip().endswith("pip install -e . && tinythinker demo --out demo")
+
+
+def test_data_preview_runs_on_a_fresh_data_root(tmp_path):
+    """The quickstart's preview command, with nothing prepared beforehand."""
     env = {**os.environ, "TINYTHINKER_DATA_ROOT": str(tmp_path)}
     result = subprocess.run(
         ["tinythinker", "data", "preview", "--task", "tinythinker.toyworld.analyze", "--split", "train", "--num", "5"],

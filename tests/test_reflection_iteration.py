@@ -5,6 +5,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -155,3 +157,34 @@ def test_bad_pair_file_names_line_and_field(tmp_path):
                                 "reference_chosen": -1.0, "reference_rejected": "x"}])
     with pytest.raises(records.DataError, match=r"recall_pairs_scored.jsonl:1: field 'reference_rejected'"):
         pair_data.read_pairs(path, scored=True)
+
+
+SHARDED_SCRIPT = """
+import json, os, shutil, sys
+sys.path.insert(0, {tests!r})
+from test_reflection_iteration import metrics, run
+from tinythinker_jax.reflection import iteration
+shutil.copytree(iteration.sft_dir({source!r}), iteration.sft_dir({target!r}))
+shutil.copytree(os.path.join(iteration.iteration_dir({source!r}, 1), "pairs"),
+                os.path.join(iteration.iteration_dir({target!r}, 1), "pairs"),
+                ignore=shutil.ignore_patterns("*scored*"))
+run({target!r}, {data_dir!r}, mesh_data=4, mesh_model=2)
+print("LOSSES" + json.dumps([m["loss"] for m in metrics({target!r})]))
+"""
+
+
+def test_sharded_scoring_and_training_match_one_device(first_run, prepared_toyworld, tmp_path):
+    """On a 4x2 mesh of 8 fake devices: the same reference scores and the same DPO losses."""
+    model_dir, _ = first_run
+    target = str(tmp_path / "sharded")
+    script = SHARDED_SCRIPT.format(tests=os.path.dirname(__file__), source=model_dir, target=target,
+                                   data_dir=prepared_toyworld)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sharded = json.loads(result.stdout.split("LOSSES", 1)[1])
+    np.testing.assert_allclose(sharded, [m["loss"] for m in metrics(model_dir)], rtol=2e-5)
+    scored = [pair_data.read_pairs(os.path.join(iteration.iteration_dir(d, 1), "pairs", "recall_pairs_scored.jsonl"),
+                                   scored=True) for d in (model_dir, target)]
+    np.testing.assert_allclose(*[[[r["reference_chosen"], r["reference_rejected"]] for r in rows] for rows in scored],
+                               rtol=1e-5)

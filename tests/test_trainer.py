@@ -142,33 +142,68 @@ def test_evaluate_command_writes_every_chain_and_the_accuracy(uncut, small_toywo
     assert summary["accuracy"] == sum(row["correct"] for row in rows) / 3
 
 
+def test_evaluate_command_by_gin_is_the_same_evaluation(uncut, small_toyworld, tmp_path):
+    from tinythinker_jax import cli
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    flags = ["evaluate", "--checkpoint", os.path.join(uncut, "best"), "--dataset", "toyworld", "--data_dir",
+             small_toyworld, "--out_dir", str(tmp_path / "flags"), "--max_questions", "2"]
+    by_gin = ["evaluate", "--gin_search_paths", repo, "--gin_file=gin/runs/evaluate.gin",
+              "--gin.MIXTURE_OR_TASK_NAME='tinythinker.toyworld.full_stages'",
+              f"--gin.CHECKPOINT_PATH='{os.path.join(uncut, 'best')}'", f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'gin'}'",
+              f"--gin.DATA_DIR='{small_toyworld}'", "--gin.evaluation.evaluate_checkpoint.max_questions=2"]
+    try:
+        assert cli.main(flags) == 0 and cli.main(by_gin) == 0
+    finally:
+        import gin
+
+        gin.clear_config()
+    assert open(tmp_path / "flags" / "predictions_test.jsonl").read() == \
+        open(tmp_path / "gin" / "predictions_test.jsonl").read()
+
+
 TWO_PROCESS_SCRIPT = """
 import os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.distributed.initialize("127.0.0.1:" + sys.argv[1], 2, int(sys.argv[2]))
-sys.path.insert(0, {tests!r})
-from test_trainer import train_tiny
-train_tiny({model_dir!r}, {data_dir!r})
+from tinythinker_jax import cli
+sys.exit(cli.main({argv!r} + ["--num_processes", "2", "--coordinator_address", "127.0.0.1:" + sys.argv[1],
+                              "--process_id", sys.argv[2]]))
 """
 
 
-def test_two_processes_match_one(uncut, small_toyworld, tmp_path):
-    """Two local processes with 4 fake CPU devices each (JAX's CPU collectives), each feeding its own rows."""
+def pipeline_argv(model_dir, data_dir):
+    """The pipeline's command line, its SFT phase set up exactly as `train_tiny`, no iterations."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return ["pipeline", "--gin_search_paths", repo, "--gin_file=gin/runs/pipeline.gin",
+            "--gin_file=gin/models/t5_1_0_tiny.gin", "--gin.MIXTURE_OR_TASK_NAME='tinythinker.toyworld.full_stages'",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 192, 'targets': 32}", "--gin.t5.model_config.vocab_size=768",
+            "--gin.BATCH_SIZE=8", f"--gin.TRAIN_STEPS={STEPS}", "--gin.INTERVAL=1", f"--gin.DATA_DIR='{data_dir}'",
+            f"--gin.MODEL_DIR='{model_dir}'", "--gin.trainer.train.max_eval_questions=2",
+            f"--gin.trainer.train.eval_every={STEPS}", "--gin.trainer.train.log_every=1", "--gin.ITERATIONS=0",
+            "--gin.pipeline.run_pipeline.max_test_questions=2"]
+
+
+def test_pipeline_on_two_processes_matches_one(uncut, small_toyworld, tmp_path):
+    """The pipeline's SFT phase on two local processes with 4 fake CPU devices each (JAX's CPU collectives),
+    each feeding its own rows, against the same training in one process."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
-    script = TWO_PROCESS_SCRIPT.format(tests=os.path.dirname(__file__), model_dir=str(tmp_path), data_dir=small_toyworld)
+    script = TWO_PROCESS_SCRIPT.format(argv=pipeline_argv(tmp_path, small_toyworld))
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     processes = [subprocess.Popen([sys.executable, "-c", script, port, str(i)], env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
-    expected, actual = losses(uncut), losses(str(tmp_path))
+    sft_dir = str(tmp_path / "sft")
+    expected, actual = losses(uncut), losses(sft_dir)
     assert sorted(actual) == sorted(expected)
     np.testing.assert_allclose([actual[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)], rtol=2e-5)
     # The saved best model (step 6) restores on any topology; both runs must hold the same parameters.
     _, expected_params = model_checkpoints.load_params_numpy(os.path.join(uncut, "best"))
-    _, actual_params = model_checkpoints.load_params_numpy(os.path.join(tmp_path, "best"))
+    _, actual_params = model_checkpoints.load_params_numpy(os.path.join(sft_dir, "best"))
     jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6), expected_params, actual_params)
+    state = json.load(open(tmp_path / "pipeline.json"))
+    assert [phase["name"] for phase in state["phases"]] == ["sft"] and (tmp_path / "report.md").is_file()

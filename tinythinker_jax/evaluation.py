@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 
 from tinythinker_jax import chains
 from tinythinker_jax.data.records import Question, write_json, write_jsonl
+from tinythinker_jax.models import decoding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,3 +42,30 @@ def evaluate(
         "accuracy": accuracy, **(extra_summary or {}),
     })
     return EvaluationResult(accuracy, len(questions), predictions_path, summary_path)
+
+
+def evaluate_checkpoint(
+    *, checkpoint_path: str, mixture_or_task_name: str, output_dir: str, split: str = "test", num_chains: int = 1,
+    sampling: decoding.SamplingConfig = decoding.SamplingConfig(),
+    chain_settings: chains.ChainSettings = chains.ChainSettings(), data_dir: Optional[str] = None,
+    max_questions: Optional[int] = None, seed: int = 0, dtype: Optional[str] = None,
+) -> EvaluationResult:
+    """`evaluate` on a model checkpoint; the stage mixture names the dataset and the chain's stage type.
+
+    `sampling` applies to every stage (greedy by default; with `num_chains` > 1, a self-consistency vote).
+    """
+    import tinythinker_tasks
+    from tinythinker_jax.data import locations, prepare
+    from tinythinker_jax.models import checkpoints
+
+    dataset, stage_type = tinythinker_tasks.parse_stage_mixture(mixture_or_task_name)
+    data_dir = data_dir or locations.dataset_dir(dataset)
+    prepare.ensure_prepared(dataset, data_dir)
+    tinythinker_tasks.register_dataset(dataset, data_dir, checkpoints.vocab_path(checkpoint_path))
+    questions = tinythinker_tasks.load_questions(dataset, split)[:max_questions]
+    settings = dataclasses.replace(chain_settings, recall=sampling, analyze=sampling, summarize=sampling)
+    runner = chains.ChainRunner(checkpoints.load_model(checkpoint_path, dtype=dtype),
+                                checkpoints.load_vocabulary(checkpoint_path), settings)
+    return evaluate(runner, questions, output_dir, split=split, stage_type=stage_type, num_chains=num_chains, seed=seed,
+                    extra_summary={"checkpoint": checkpoint_path, "dataset": dataset,
+                                   **{f"sampling_{k}": v for k, v in dataclasses.asdict(sampling).items()}})

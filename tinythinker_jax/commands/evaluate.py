@@ -1,42 +1,46 @@
-"""`tinythinker evaluate`: the three-stage pipeline of a checkpoint on any split, greedy or self-consistent."""
+"""`tinythinker evaluate`: the three-stage pipeline of a checkpoint on any split, greedy or self-consistent.
+
+Configured by flags, or T5X-style by gin (`--gin_file=gin/runs/evaluate.gin` plus an experiment gin and
+`--gin.CHECKPOINT_PATH=... --gin.EVAL_OUTPUT_DIR=...`).
+"""
 
 import argparse
 
+from tinythinker_jax import gin_utils
+
 
 def _evaluate(args) -> int:
+    import gin
+
     import tinythinker_tasks
     from tinythinker_jax import chains, evaluation
-    from tinythinker_jax.data import locations, prepare
-    from tinythinker_jax.models import checkpoints, decoding
+    from tinythinker_jax.models import decoding
 
-    data_dir = args.data_dir or locations.dataset_dir(args.dataset)
-    prepare.ensure_prepared(args.dataset, data_dir)
-    tinythinker_tasks.register_dataset(args.dataset, data_dir, checkpoints.vocab_path(args.checkpoint))
-    questions = tinythinker_tasks.load_questions(args.dataset, args.split)[: args.max_questions]
-    sampling = decoding.SamplingConfig(args.temperature, args.top_k, args.top_p)
-    settings = chains.ChainSettings(
-        recall=sampling, analyze=sampling, summarize=sampling, max_input_length=args.max_input_length,
-        max_decode_length=args.max_decode_length, batch_size=args.batch_size,
-    )
-    model = checkpoints.load_model(args.checkpoint, dtype=args.dtype)
-    runner = chains.ChainRunner(model, checkpoints.load_vocabulary(args.checkpoint), settings)
-    result = evaluation.evaluate(
-        runner, questions, args.out_dir, split=args.split, stage_type=args.stage_type, num_chains=args.num_chains,
-        seed=args.seed, extra_summary={"checkpoint": args.checkpoint, "dataset": args.dataset,
-                                       "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p},
-    )
-    print(f"{args.dataset} {args.split}: accuracy {result.accuracy:.4f} on {result.num_questions} questions "
-          f"-> {result.summary_path}")
+    if args.gin_file:
+        gin_utils.parse_gin_flags(args)
+        result = gin.get_configurable(evaluation.evaluate_checkpoint)()
+    else:
+        if not (args.checkpoint and args.dataset and args.out_dir):
+            raise SystemExit("evaluate needs --checkpoint, --dataset and --out_dir (or --gin_file=gin/runs/evaluate.gin)")
+        result = evaluation.evaluate_checkpoint(
+            checkpoint_path=args.checkpoint, mixture_or_task_name=tinythinker_tasks.stage_mixture_name(
+                args.dataset, args.stage_type), output_dir=args.out_dir, split=args.split, num_chains=args.num_chains,
+            sampling=decoding.SamplingConfig(args.temperature, args.top_k, args.top_p),
+            chain_settings=chains.ChainSettings(max_input_length=args.max_input_length,
+                                                max_decode_length=args.max_decode_length, batch_size=args.batch_size),
+            data_dir=args.data_dir, max_questions=args.max_questions, seed=args.seed, dtype=args.dtype)
+    print(f"accuracy {result.accuracy:.4f} on {result.num_questions} questions -> {result.summary_path}")
     return 0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("evaluate", help="run the three-stage pipeline of a checkpoint on a split")
-    parser.add_argument("--checkpoint", required=True, help="a model checkpoint, e.g. MODEL_DIR/best")
-    parser.add_argument("--dataset", required=True)
+    gin_utils.add_gin_flags(parser)
+    parser.add_argument("--checkpoint", help="a model checkpoint, e.g. MODEL_DIR/best")
+    parser.add_argument("--dataset")
     parser.add_argument("--data_dir", help="the dataset directory (default: $TINYTHINKER_DATA_ROOT/<dataset>)")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--out_dir", required=True)
+    parser.add_argument("--out_dir")
     parser.add_argument("--stage_type", default="full", help="full, summarize, recall_summarize, analyze_summarize")
     parser.add_argument("--num_chains", type=int, default=1, help="chains per question; >1 votes (self-consistency)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily")
