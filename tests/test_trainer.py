@@ -204,6 +204,8 @@ def test_pipeline_on_two_processes_matches_one(uncut, small_toyworld, tmp_path):
     # The saved best model (step 6) restores on any topology; both runs must hold the same parameters.
     _, expected_params = model_checkpoints.load_params_numpy(os.path.join(uncut, "best"))
     _, actual_params = model_checkpoints.load_params_numpy(os.path.join(sft_dir, "best"))
-    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6), expected_params, actual_params)
+    # Two processes reduce gradients in another order; Adam turns those float32 differences into parameter
+    # differences of a few 1e-6 where a gradient is near zero (seen: 3.6e-6 on 1 of 4096 weights).
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=2e-5), expected_params, actual_params)
     state = json.load(open(tmp_path / "pipeline.json"))
     assert [phase["name"] for phase in state["phases"]] == ["sft"] and (tmp_path / "report.md").is_file()
