@@ -82,8 +82,8 @@ def test_reference_scores_are_the_reference_models_log_likelihoods(first_run):
     model_dir, _ = first_run
     reference = iteration.reference_checkpoint(model_dir, 1)
     model, vocabulary = checkpoints.load_model(reference), checkpoints.load_vocabulary(reference)
-    path = sampling.pairs_path(os.path.join(iteration.iteration_dir(model_dir, 1), "pairs"), "recall")
-    rows = pair_data.read_pairs(path.replace(".jsonl", "_scored.jsonl"), scored=True)
+    path = sampling.pairs_path(os.path.join(iteration.iteration_dir(model_dir, 1), "pairs"), "recall", scored=True)
+    rows = pair_data.read_pairs(path, scored=True)
     encode = lambda text, limit: list(vocabulary.encode(text))[: limit - 1] + [1]  # noqa: E731
     for side in ("chosen", "rejected"):
         expected = scoring.score(model, [encode(r["prompt"], LENGTHS["inputs"]) for r in rows],

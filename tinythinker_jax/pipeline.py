@@ -113,9 +113,7 @@ def run_pipeline(
             return None
         sft_done = {"validation_accuracy": result.best_accuracy, "best_step": result.best_step,
                     "wall_seconds": time.time() - phase_started}
-        if jax.process_index() == 0:
-            records.write_json(os.path.join(sft_dir, "done.json"), sft_done)
-        checkpointing.sync_processes("sft done")
+        reflection.write_marker(os.path.join(sft_dir, "done.json"), sft_done)
     state["data"] = _data_summary(data_dir, stage_type)
     tinythinker_tasks.register_dataset(dataset, data_dir, checkpoints.vocab_path(checkpointing.best_dir(sft_dir)))
     test_questions = tinythinker_tasks.load_questions(dataset, "test")[:max_test_questions]

@@ -59,7 +59,8 @@ def read_marker(path: str) -> Optional[dict]:
         return json.load(f)
 
 
-def _write_marker(path: str, info: dict) -> None:
+def write_marker(path: str, info: dict) -> None:
+    """Process 0 writes a step's marker; every process waits for it, so all agree the step is done."""
     if jax.process_index() == 0:
         records.write_json(path, info)
     checkpointing.sync_processes(f"written {path}")
@@ -159,14 +160,13 @@ def run_iteration(
                 load_reference(), vocabulary, questions, teacher, pairs_dir, chain_settings, sampling_settings,
                 seed=seed * 1000 + iteration, write=jax.process_index() == 0)
             counts = {**counts, "questions": len(questions), "wall_seconds": time.time() - started}
-            _write_marker(os.path.join(pairs_dir, "counts.json"), counts)
+            write_marker(os.path.join(pairs_dir, "counts.json"), counts)
         print(f"iteration {iteration}: {counts['recall']} recall pairs, {counts['analyze']} analyze pairs "
               f"from {counts['questions']} questions")
 
         def pair_task(stage: str, scored: bool) -> str:
             name = tinythinker_tasks.pair_task_name(dataset, iteration, stage, scored)
-            path = sampling.pairs_path(pairs_dir, stage)
-            tinythinker_tasks.register_pair_task(name, path.replace(".jsonl", "_scored.jsonl") if scored else path,
+            tinythinker_tasks.register_pair_task(name, sampling.pairs_path(pairs_dir, stage, scored),
                                                  vocabulary.sentencepiece_model_file, scored)
             return name
 
@@ -177,13 +177,12 @@ def run_iteration(
             for stage in stages:
                 arrays = pair_data.load_pair_arrays(pair_task(stage, scored=False), task_feature_lengths)
                 scores = pair_data.score_pairs(reference, arrays, batch_size, mesh, rules)
-                path = sampling.pairs_path(pairs_dir, stage)
                 if jax.process_index() == 0:
-                    pair_data.write_scored_pairs(path.replace(".jsonl", "_scored.jsonl"),
-                                                 pair_data.read_pairs(path), scores)
+                    pair_data.write_scored_pairs(sampling.pairs_path(pairs_dir, stage, scored=True),
+                                                 pair_data.read_pairs(sampling.pairs_path(pairs_dir, stage)), scores)
             del reference
             scored = {"stages": stages, "wall_seconds": time.time() - started}
-            _write_marker(os.path.join(pairs_dir, "scored.json"), scored)
+            write_marker(os.path.join(pairs_dir, "scored.json"), scored)
 
         started = time.time()
         blocks = pair_blocks(counts, stage_type, batch_size)
@@ -213,5 +212,5 @@ def run_iteration(
     outcome = IterationResult(iteration, result.best_accuracy, result.best_step,
                               {stage: counts[stage] for stage in sampling.PAIR_STAGES}, wall, result.preempted)
     if not result.preempted:
-        _write_marker(os.path.join(out_dir, "done.json"), dataclasses.asdict(outcome))
+        write_marker(os.path.join(out_dir, "done.json"), dataclasses.asdict(outcome))
     return outcome

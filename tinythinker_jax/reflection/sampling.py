@@ -66,8 +66,9 @@ def sample_chunk(model, vocabulary, questions: Sequence[Question], teacher: Mapp
     return rows
 
 
-def pairs_path(out_dir: str, stage: str) -> str:
-    return os.path.join(out_dir, f"{stage}_pairs.jsonl")
+def pairs_path(out_dir: str, stage: str, scored: bool = False) -> str:
+    """A stage's pair file; `scored`: the copy that also holds the reference's log-likelihoods."""
+    return os.path.join(out_dir, f"{stage}_pairs{'_scored' if scored else ''}.jsonl")
 
 
 def generate_pairs(model, vocabulary, questions: Sequence[Question], teacher: Mapping[str, Sequence[Rationale]],
