@@ -4,14 +4,42 @@
         --decode_length 128 --out decode.json]
 
 Both sides decode the full length (EOS disabled) so they do the same work; greedy and top-k sampling.
+
+Also reports the memory floor: at these batch sizes a decoding step is bound by memory bandwidth, since
+it reads every decoder weight, the logits layer and the whole KV cache to emit one token per row. The
+floor is the tokens/s of an implementation that moves only those bytes at this machine's measured read
+bandwidth (encoder time excluded): no implementation of the same step decodes faster.
 """
 
+import jax
+import jax.numpy as jnp
 import torch
+from flax import nnx
 
 import common
 from tinythinker_jax.models import decoding
 
 TOP_K = 50  # transformers' default for sampling
+
+
+def read_bandwidth(num_bytes: int = 1 << 28, repeats: int = 5) -> float:
+    """Bytes/s read by a sum over a float32 array far larger than the caches."""
+    x = jnp.ones(num_bytes // 4, jnp.float32)
+    total = jax.jit(jnp.sum)
+    total(x).block_until_ready()
+    return num_bytes / common.best_time(lambda: total(x).block_until_ready(), repeats)
+
+
+def bytes_per_step(model, batch_size: int, input_length: int, decode_length: int) -> int:
+    """What one decoding step must read: decoder weights, the logits layer, the cross-attention keys and
+    values, and (on average over the steps) half of the self-attention cache."""
+    config = model.config
+    itemsize = config.compute_dtype.itemsize
+    params = nnx.state(model, nnx.Param)
+    weights = sum(x.size for x in jax.tree.leaves(params["decoder"])) + config.vocab_size * config.d_model
+    per_position = 2 * config.num_decoder_layers * config.num_heads * config.d_kv  # keys and values
+    cache = batch_size * per_position * (input_length + decode_length / 2)
+    return int((weights + cache) * itemsize)
 
 
 def main() -> None:
@@ -23,7 +51,7 @@ def main() -> None:
     def ours(sampling):
         # No token id is -1: every row decodes the whole length.
         decoding.generate(model, input_lists, max_decode_length=args.decode_length, sampling=sampling,
-                          batch_size=args.batch_size, eos_id=-1)
+                          batch_size=args.batch_size, eos_id=-1, max_input_length=args.input_length)
 
     def theirs(**sampling):
         with torch.no_grad():
@@ -35,7 +63,14 @@ def main() -> None:
         "sampled": (lambda: ours(decoding.SamplingConfig(temperature=1.0, top_k=TOP_K)),
                     lambda: theirs(do_sample=True, temperature=1.0, top_k=TOP_K)),
     }
-    common.write_report(args, device, common.compare(cases, args.batch_size * args.decode_length, args.repeats))
+    results = common.compare(cases, args.batch_size * args.decode_length, args.repeats)
+    bandwidth = read_bandwidth()
+    step_bytes = bytes_per_step(model, args.batch_size, args.input_length, args.decode_length)
+    results["memory_floor"] = {"read_bandwidth_gb_per_s": bandwidth / 1e9, "bytes_per_step": step_bytes,
+                               "tokens_per_s": args.batch_size * bandwidth / step_bytes}
+    print(f"memory floor {results['memory_floor']['tokens_per_s']:9.1f} tok/s ({step_bytes / 1e6:.0f} MB per step"
+          f" at {bandwidth / 1e9:.1f} GB/s)")
+    common.write_report(args, device, results)
 
 
 if __name__ == "__main__":

@@ -120,6 +120,20 @@ def test_sampling_is_deterministic_per_seed_and_independent_of_batching(converte
 
 
 @one_flavour
+def test_samples_of_one_input_equal_that_input_repeated(converted):
+    """`num_decodes` samples share their input's encoder output and cross-attention keys; they must equal
+    the samples of the input repeated as separate rows (the same RNG streams: row r takes sample r)."""
+    _, model = converted
+    inputs = _inputs(model.config.vocab_size, rows=3)
+    shared = decoding.generate(model, inputs, max_decode_length=MAX_DECODE_LENGTH, sampling=SAMPLING,
+                               num_decodes=3, seed=5)
+    repeated = decoding.generate(model, [row for row in inputs for _ in range(3)],
+                                 max_decode_length=MAX_DECODE_LENGTH, sampling=SAMPLING, seed=5)
+    np.testing.assert_array_equal(shared.tokens.reshape(9, -1), repeated.tokens[:, 0])
+    np.testing.assert_allclose(shared.log_likelihood.reshape(9), repeated.log_likelihood[:, 0], rtol=1e-5)
+
+
+@one_flavour
 def test_top_k_1_and_tiny_top_p_are_greedy(converted):
     _, model = converted
     inputs = _inputs(model.config.vocab_size)
@@ -156,6 +170,15 @@ def test_one_compilation_per_shape_bucket(converted):
     decoding.generate(model, inputs[4:8], max_decode_length=8)
     decoding.generate(model, [inputs[0][:11]] * 3, max_decode_length=7)
     assert decoding._jitted_decode._cache_size() == compiled
+
+
+def test_max_length_caps_the_length_bucket():
+    """Inputs cut at 200 tokens pad to 200, not to the 256 bucket; shorter ones keep their bucket."""
+    assert batching.bucketed([[5] * 200], max_length=200).shape == (1, 200)
+    assert batching.bucketed([[5] * 200]).shape == (1, 256)
+    assert batching.bucketed([[5] * 100] * 3, max_length=200).shape == (4, 128)
+    with pytest.raises(ValueError, match="longer than max_length=200"):
+        batching.bucketed([[5] * 201], max_length=200)
 
 
 @one_flavour

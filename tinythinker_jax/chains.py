@@ -26,7 +26,7 @@ class ChainSettings:
     max_input_length: int = 200  # inputs are cut as in training: first max-1 tokens, then EOS
     max_decode_length: int = 128  # recall and analyses
     max_summary_length: int = 16  # "So the answer is option X." is 8 T5 tokens
-    batch_size: int = 64
+    batch_size: int = 64  # decoded rows per call: inputs x samples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,17 +48,31 @@ class ChainRunner:
         return ids + [self.model.config.eos_id]
 
     def _generate(self, texts: Sequence[str], sampling: decoding.SamplingConfig, max_length: int, seed: int) -> list[str]:
-        """One output per text; greedy requests for the same text are decoded once."""
-        unique = list(dict.fromkeys(texts)) if sampling.greedy else list(texts)
-        result = decoding.generate(
-            self.model, [self._encode(t) for t in unique], max_decode_length=max_length, sampling=sampling,
-            seed=seed, batch_size=self.settings.batch_size, eos_id=self.model.config.eos_id,
-        )
-        outputs = [self.vocabulary.decode(decoding.until_eos(row[0], self.model.config.eos_id)) for row in result.tokens]
+        """One output per text. Every distinct text is encoded once: greedy requests for it share one
+        output; sampled ones are samples of that one input (`num_decodes`), the k-th request taking the
+        k-th sample, so N chains of one question cost one encoder pass and one copy of its keys."""
+        counts = collections.Counter(texts)
         if sampling.greedy:
-            by_text = dict(zip(unique, outputs))
-            return [by_text[t] for t in texts]
-        return outputs
+            num_decodes, inputs = 1, list(counts)
+        else:
+            # A text asked for more often than the least-asked one comes back as several inputs.
+            num_decodes = min(counts.values())
+            inputs = [text for text, count in counts.items() for _ in range(-(-count // num_decodes))]
+        eos_id = self.model.config.eos_id
+        # At most `batch_size` rows (inputs x samples) per call, whole powers of two so none is padding.
+        inputs_per_call = 1 << max((self.settings.batch_size // num_decodes).bit_length() - 1, 0)
+        result = decoding.generate(
+            self.model, [self._encode(t) for t in inputs], max_decode_length=max_length, sampling=sampling,
+            num_decodes=num_decodes, seed=seed, batch_size=inputs_per_call, eos_id=eos_id,
+            max_input_length=self.settings.max_input_length,
+        )
+        samples_of = collections.defaultdict(list)
+        for text, rows in zip(inputs, result.tokens):
+            samples_of[text] += [self.vocabulary.decode(decoding.until_eos(row, eos_id)) for row in rows]
+        if sampling.greedy:
+            return [samples_of[text][0] for text in texts]
+        unread = {text: iter(samples) for text, samples in samples_of.items()}
+        return [next(unread[text]) for text in texts]
 
     def run(self, questions: Sequence[Question], stage_type: str = "full", num_chains: int = 1, seed: int = 0,
             recalls: Optional[Sequence[Sequence[str]]] = None) -> list[list[Chain]]:

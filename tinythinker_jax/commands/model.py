@@ -152,7 +152,7 @@ def generate_command(args: argparse.Namespace) -> int:
     inputs = [_tokenize(vocabulary, r["inputs"], args.max_input_length, eos_id) for r in records]
     result = decoding.generate(
         model, inputs, max_decode_length=args.max_decode_length, sampling=sampling, num_decodes=args.num_decodes,
-        seed=args.seed, batch_size=args.batch_size,
+        seed=args.seed, batch_size=args.batch_size, max_input_length=args.max_input_length,
     )
 
     def with_predictions(record: dict[str, Any], tokens, log_likelihoods) -> dict[str, Any]:

@@ -35,7 +35,15 @@ def pad_sequences(sequences: Sequence[Sequence[int]], length: int, batch_size: i
     return padded
 
 
-def bucketed(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> np.ndarray:
-    """`sequences` padded to the bucket of their count and of their longest length."""
+def bucketed(sequences: Sequence[Sequence[int]], pad_id: int = 0, max_length: int | None = None) -> np.ndarray:
+    """`sequences` padded to the bucket of their count and of their longest length.
+
+    `max_length`, the longest a caller ever sends (e.g. inputs cut at 200), caps the length bucket: a batch
+    at the cap pads to it rather than to the next bucket (256), which would cost a quarter more work."""
     longest = max((len(s) for s in sequences), default=1)
-    return pad_sequences(sequences, bucket_length(longest), bucket_batch_size(len(sequences)), pad_id)
+    length = bucket_length(longest)
+    if max_length is not None:
+        if longest > max_length:
+            raise ValueError(f"sequence of length {longest} is longer than max_length={max_length}")
+        length = min(length, max_length)
+    return pad_sequences(sequences, length, bucket_batch_size(len(sequences)), pad_id)

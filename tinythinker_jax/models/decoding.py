@@ -118,8 +118,7 @@ def decode(
     def per_sample(x: jax.Array) -> jax.Array:
         return jnp.repeat(x, num_decodes, axis=0)
 
-    cache = model.init_decoding_cache(per_sample(model.encode(encoder_input_tokens)), cache_length)
-    encoder_input_tokens = per_sample(encoder_input_tokens)
+    cache = model.init_decoding_cache(model.encode(encoder_input_tokens), cache_length, num_decodes)
     sample_ids = per_sample(example_ids) * num_decodes + jnp.tile(jnp.arange(num_decodes), batch)
     sample_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, sample_ids)
     logits_kernel = model.decoding_logits_kernel()
@@ -173,9 +172,10 @@ def _jitted_decode(graphdef, state, encoder_input_tokens, rng, example_ids, max_
 def generate(
     model: T5Transformer, inputs: Sequence[Sequence[int]], *, max_decode_length: int,
     sampling: SamplingConfig = SamplingConfig(), num_decodes: int = 1, seed: int = 0, batch_size: int = 32,
-    eos_id: int | None = None,
+    eos_id: int | None = None, max_input_length: int | None = None,
 ) -> DecodeResult:
-    """Decodes every token-id list in `inputs`; numpy results in input order, `max_decode_length` wide."""
+    """Decodes every token-id list in `inputs`; numpy results in input order, `max_decode_length` wide.
+    `max_input_length`: the longest input the caller ever sends, the largest input bucket."""
     graphdef, state = nnx.split(model)
     rng = jax.random.key(seed)
     cache_length = batching.bucket_length(max_decode_length)
@@ -184,7 +184,7 @@ def generate(
     log_likelihood = np.zeros((len(inputs), num_decodes), np.float32)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        encoder_input_tokens = batching.bucketed([inputs[i] for i in chunk], model.config.pad_id)
+        encoder_input_tokens = batching.bucketed([inputs[i] for i in chunk], model.config.pad_id, max_input_length)
         example_ids = np.full(encoder_input_tokens.shape[0], -1, np.int32)
         example_ids[: len(chunk)] = chunk
         result = _jitted_decode(

@@ -199,12 +199,18 @@ class MultiHeadAttention(nnx.Module):
     def attend_cached(self, query: jax.Array, key: jax.Array, value: jax.Array, bias: jax.Array) -> jax.Array:
         """`attend` for incremental decoding, with `key` and `value` head-major [batch, heads, length, kv]
         (the layout of `LayerCache`): XLA then multiplies them in place instead of transposing the whole
-        cache at every step."""
+        cache at every step.
+
+        `key` may hold one row per input while `query` [inputs x samples, 1, heads, kv] holds one per
+        sample: the samples of an input then attend to its keys as several queries, so the encoder output's
+        keys are stored and read once per input, not once per sample."""
+        rows, query_length, heads, kv = query.shape
+        query = query.reshape(key.shape[0], -1, heads, kv)
         scores = jnp.einsum("bqhk,bhsk->bhqs", query, key).astype(jnp.float32) + bias
         weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         heads = jnp.einsum("bhqs,bhsk->bqhk", weights, value)
         out = jnp.einsum("bqhk,hkd->bqd", heads, self.out[...].astype(self.dtype))
-        return with_logical_constraint(out, EMBED_AXES)
+        return with_logical_constraint(out.reshape(rows, query_length, -1), EMBED_AXES)
 
     def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array, bias: jax.Array, rngs: nnx.Rngs | None):
         return self.attend(self.project_query(inputs_q), *self.project_key_value(inputs_kv), bias, rngs)
@@ -287,9 +293,9 @@ class LayerCache(NamedTuple):
     """What one decoder layer keeps between decoding steps."""
 
     # Head-major, so attention reads them without a per-step transpose of the whole cache.
-    self_key: jax.Array  # [batch, heads, cache_length, kv], filled up to the current step
+    self_key: jax.Array  # [inputs x samples, heads, cache_length, kv], filled up to the current step
     self_value: jax.Array
-    cross_key: jax.Array  # [batch, heads, input_length, kv], computed once from the encoder output
+    cross_key: jax.Array  # [inputs, heads, input_length, kv], from the encoder output, shared by the samples
     cross_value: jax.Array
 
 
@@ -314,12 +320,12 @@ class DecoderLayer(nnx.Module):
         x = x + _dropout(self.dropout, self.mlp(self.pre_mlp_layer_norm(x), rngs), rngs)
         return with_logical_constraint(x, EMBED_AXES)
 
-    def init_cache(self, encoded: jax.Array, cache_length: int) -> LayerCache:
-        batch, _, _ = encoded.shape
+    def init_cache(self, encoded: jax.Array, cache_length: int, num_samples: int) -> LayerCache:
         cross_key, cross_value = (
             jnp.swapaxes(y, 1, 2) for y in self.encoder_decoder_attention.project_key_value(encoded)
         )
-        empty = jnp.zeros((batch, cross_key.shape[1], cache_length, cross_key.shape[3]), cross_key.dtype)
+        batch, heads, _, kv = cross_key.shape
+        empty = jnp.zeros((batch * num_samples, heads, cache_length, kv), cross_key.dtype)
         return LayerCache(empty, empty, cross_key, cross_value)
 
     def decode_step(
@@ -373,8 +379,8 @@ class Decoder(nnx.Module):
             x = layer(x, encoded, self_bias, cross_bias, rngs)
         return _dropout(self.dropout, self.final_layer_norm(x), rngs)
 
-    def init_cache(self, encoded: jax.Array, cache_length: int) -> list[LayerCache]:
-        return [layer.init_cache(encoded, cache_length) for layer in self.layers]
+    def init_cache(self, encoded: jax.Array, cache_length: int, num_samples: int) -> list[LayerCache]:
+        return [layer.init_cache(encoded, cache_length, num_samples) for layer in self.layers]
 
     def decode_step(
         self, embedded: jax.Array, position: jax.Array, cache: list[LayerCache], encoder_mask: jax.Array
@@ -467,16 +473,19 @@ class T5Transformer(nnx.Module):
         encoded = self._encode(encoder_input_tokens, rngs)
         return self._decode(encoded, encoder_input_tokens, decoder_input_tokens, rngs)
 
-    def init_decoding_cache(self, encoded: jax.Array, cache_length: int) -> list[LayerCache]:
-        """Per-layer cache for `cache_length` decoding steps, cross-attention keys and values precomputed."""
-        return self.decoder.init_cache(encoded, cache_length)
+    def init_decoding_cache(self, encoded: jax.Array, cache_length: int, num_samples: int = 1) -> list[LayerCache]:
+        """Per-layer cache for `cache_length` decoding steps of `num_samples` samples per input,
+        cross-attention keys and values precomputed once per input."""
+        return self.decoder.init_cache(encoded, cache_length, num_samples)
 
     def decode_step(
         self, tokens: jax.Array, position: jax.Array, cache: list[LayerCache], encoder_input_tokens: jax.Array,
         logits_kernel: jax.Array | None = None,
     ) -> tuple[jax.Array, list[LayerCache]]:
-        """Feeds `tokens` [batch] at decoder `position`; returns the next-token logits [batch, vocab].
-        `logits_kernel`: optionally `decoding_logits_kernel()`, computed once outside the decoding loop."""
+        """Feeds `tokens` [inputs x samples] (each input's samples adjacent) at decoder `position`; returns
+        the next-token logits [inputs x samples, vocab]. `encoder_input_tokens` [inputs, length] is what
+        the cache was made from. `logits_kernel`: optionally `decoding_logits_kernel()`, computed once
+        outside the decoding loop."""
         encoder_mask = encoder_input_tokens != self.config.pad_id
         hidden, cache = self.decoder.decode_step(self._embed(tokens[:, None]), position, cache, encoder_mask)
         return self._logits(hidden[:, 0], logits_kernel), cache
