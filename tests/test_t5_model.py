@@ -15,7 +15,7 @@ import torch
 from flax import nnx
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from tinythinker_jax.models import checkpoints, hf_convert, scoring, t5, testing
+from tinythinker_jax.models import checkpoints, dropout, hf_convert, scoring, t5, testing
 
 TOLERANCE = 1e-4
 
@@ -109,22 +109,36 @@ def test_encoder_output_reuse_equals_full_forward(converted):
     )
 
 
-def _dropout_key(seed: int) -> jax.Array:
-    # XLA:CPU compiles threefry bit generation slowly; rbg keys keep this test quick.
-    return jax.random.key(seed, impl="rbg")
-
-
 @pytest.mark.parametrize("converted", ["t5_1_1"], indirect=True)  # dropout placement is flavour-independent
 def test_dropout_only_with_an_rng(converted):
     _, model = converted
     inputs, targets = _batch(model.config.vocab_size, seed=4)
     inputs, decoder_inputs = jnp.asarray(inputs), scoring.shift_right(jnp.asarray(targets))
     plain = _logits(model, inputs, decoder_inputs)
-    first = _logits(model, inputs, decoder_inputs, jax.random.key(1, impl="rbg"))
-    again = _logits(model, inputs, decoder_inputs, jax.random.key(1, impl="rbg"))
-    other = _logits(model, inputs, decoder_inputs, _dropout_key(2))
+    first = _logits(model, inputs, decoder_inputs, jax.random.key(1))
+    again = _logits(model, inputs, decoder_inputs, jax.random.key(1))
+    other = _logits(model, inputs, decoder_inputs, jax.random.key(2))
     np.testing.assert_array_equal(first, again)
     assert np.abs(first - plain).max() > 1e-3 and np.abs(first - other).max() > 1e-3
+
+
+def test_dropout_masks_behave_like_independent_bernoulli_draws():
+    """The hashed masks: the right keep rate and scale, no correlation between neighbours, rows or keys."""
+    shape, rate = (64, 8, 40, 50), 0.1
+    ones = jnp.ones(shape)
+    first = np.asarray(jax.jit(dropout.dropout, static_argnums=1)(ones, rate, jax.random.key(0)))
+    again = np.asarray(jax.jit(dropout.dropout, static_argnums=1)(ones, rate, jax.random.key(0)))
+    other = np.asarray(jax.jit(dropout.dropout, static_argnums=1)(ones, rate, jax.random.key(1)))
+    np.testing.assert_array_equal(first, again)
+    assert set(np.unique(first)) == {0.0, np.float32(1 / (1 - rate))}
+    kept = first > 0
+    # 1M draws: the keep rate's standard error is 3e-4, correlations' 1e-3; the bounds are 5 of those.
+    assert abs(kept.mean() - (1 - rate)) < 1.5e-3
+    for a, b in ((kept[..., 1:], kept[..., :-1]), (kept[1:], kept[:-1]), (kept, other > 0)):
+        assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 5e-3
+    bits = np.asarray(dropout.uniform_bits(jax.random.key(3), (1000, 1000)))
+    bit_means = ((bits[..., None] >> np.arange(32, dtype=np.uint32)) & 1).mean(axis=(0, 1))
+    assert np.all(np.abs(bit_means - 0.5) < 2.5e-3)
 
 
 def test_bfloat16_compute_keeps_float32_params(converted):

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from tinythinker_jax.models.dropout import Dropout
 from tinythinker_jax.partitioning import with_logical_constraint
 
 FEED_FORWARD_PROJS = ("relu", "gated-gelu")
@@ -139,11 +140,6 @@ def _param(rngs: nnx.Rngs, stddev: float, shape: tuple[int, ...], axes: tuple[st
     return nnx.Param(value, logical_axes=axes)
 
 
-def _dropout(layer: nnx.Dropout, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
-    """Dropout is active exactly when the caller passed a dropout RNG."""
-    return layer(x, deterministic=rngs is None, rngs=rngs)
-
-
 def _mask_bias(mask: jax.Array) -> jax.Array:
     return jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)
 
@@ -172,7 +168,7 @@ class MultiHeadAttention(nnx.Module):
         self.key = _param(rngs, d**-0.5, (d, h, k), ("embed", "heads", "kv"))
         self.value = _param(rngs, d**-0.5, (d, h, k), ("embed", "heads", "kv"))
         self.out = _param(rngs, (h * k) ** -0.5, (h, k, d), ("heads", "kv", "embed"))
-        self.dropout = nnx.Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
         self.dtype = config.compute_dtype
 
     def _project(self, x: jax.Array, kernel: nnx.Param) -> jax.Array:
@@ -190,7 +186,7 @@ class MultiHeadAttention(nnx.Module):
     ) -> jax.Array:
         """`bias` broadcasts to [batch, heads, query_length, key_length]."""
         scores = jnp.einsum("bqhk,bshk->bhqs", query, key).astype(jnp.float32) + bias
-        weights = _dropout(self.dropout, jax.nn.softmax(scores, axis=-1).astype(self.dtype), rngs)
+        weights = self.dropout(jax.nn.softmax(scores, axis=-1).astype(self.dtype), rngs)
         # Head-major heads: XLA:CPU then skips a transpose, about halving the encoder's attention time.
         heads = jnp.einsum("bhqs,bshk->bhqk", weights, value)
         out = jnp.einsum("bhqk,hkd->bqd", heads, self.out[...].astype(self.dtype))
@@ -228,7 +224,7 @@ class MlpBlock(nnx.Module):
         else:
             self.wi = _param(rngs, d**-0.5, (d, f), ("embed", "mlp"))
         self.wo = _param(rngs, f**-0.5, (f, d), ("mlp", "embed"))
-        self.dropout = nnx.Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
         self.dtype = config.compute_dtype
 
     def __call__(self, x: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
@@ -240,7 +236,7 @@ class MlpBlock(nnx.Module):
         else:
             hidden = jax.nn.relu(dense(self.wi))
         hidden = with_logical_constraint(hidden, ("batch", "length", "mlp"))
-        hidden = _dropout(self.dropout, hidden, rngs)
+        hidden = self.dropout(hidden, rngs)
         return with_logical_constraint(hidden @ self.wo[...].astype(self.dtype), EMBED_AXES)
 
 
@@ -280,12 +276,12 @@ class EncoderLayer(nnx.Module):
         self.attention = MultiHeadAttention(config, rngs=rngs)
         self.pre_mlp_layer_norm = LayerNorm(config)
         self.mlp = MlpBlock(config, rngs=rngs)
-        self.dropout = nnx.Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
 
     def __call__(self, x: jax.Array, bias: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
         normed = self.pre_attention_layer_norm(x)
-        x = x + _dropout(self.dropout, self.attention(normed, normed, bias, rngs), rngs)
-        x = x + _dropout(self.dropout, self.mlp(self.pre_mlp_layer_norm(x), rngs), rngs)
+        x = x + self.dropout(self.attention(normed, normed, bias, rngs), rngs)
+        x = x + self.dropout(self.mlp(self.pre_mlp_layer_norm(x), rngs), rngs)
         return with_logical_constraint(x, EMBED_AXES)
 
 
@@ -307,17 +303,17 @@ class DecoderLayer(nnx.Module):
         self.encoder_decoder_attention = MultiHeadAttention(config, rngs=rngs)
         self.pre_mlp_layer_norm = LayerNorm(config)
         self.mlp = MlpBlock(config, rngs=rngs)
-        self.dropout = nnx.Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
 
     def __call__(
         self, x: jax.Array, encoded: jax.Array, self_bias: jax.Array, cross_bias: jax.Array,
         rngs: nnx.Rngs | None,
     ) -> jax.Array:
         normed = self.pre_self_attention_layer_norm(x)
-        x = x + _dropout(self.dropout, self.self_attention(normed, normed, self_bias, rngs), rngs)
+        x = x + self.dropout(self.self_attention(normed, normed, self_bias, rngs), rngs)
         normed = self.pre_cross_attention_layer_norm(x)
-        x = x + _dropout(self.dropout, self.encoder_decoder_attention(normed, encoded, cross_bias, rngs), rngs)
-        x = x + _dropout(self.dropout, self.mlp(self.pre_mlp_layer_norm(x), rngs), rngs)
+        x = x + self.dropout(self.encoder_decoder_attention(normed, encoded, cross_bias, rngs), rngs)
+        x = x + self.dropout(self.mlp(self.pre_mlp_layer_norm(x), rngs), rngs)
         return with_logical_constraint(x, EMBED_AXES)
 
     def init_cache(self, encoded: jax.Array, cache_length: int, num_samples: int) -> LayerCache:
@@ -349,15 +345,15 @@ class Encoder(nnx.Module):
         self.relative_bias = RelativePositionBias(config, bidirectional=True, rngs=rngs)
         self.layers = nnx.List([EncoderLayer(config, rngs=rngs) for _ in range(config.num_encoder_layers)])
         self.final_layer_norm = LayerNorm(config)
-        self.dropout = nnx.Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
 
     def __call__(self, embedded: jax.Array, mask: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
         length = embedded.shape[1]
         bias = self.relative_bias(length, length) + _mask_bias(mask)[:, None, None, :]
-        x = _dropout(self.dropout, embedded, rngs)
+        x = self.dropout(embedded, rngs)
         for layer in self.layers:
             x = layer(x, bias, rngs)
-        return _dropout(self.dropout, self.final_layer_norm(x), rngs)
+        return self.dropout(self.final_layer_norm(x), rngs)
 
 
 class Decoder(nnx.Module):
@@ -365,7 +361,7 @@ class Decoder(nnx.Module):
         self.relative_bias = RelativePositionBias(config, bidirectional=False, rngs=rngs)
         self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_decoder_layers)])
         self.final_layer_norm = LayerNorm(config)
-        self.dropout = nnx.Dropout(config.dropout_rate)
+        self.dropout = Dropout(config.dropout_rate)
 
     def __call__(
         self, embedded: jax.Array, encoded: jax.Array, encoder_mask: jax.Array, rngs: nnx.Rngs | None
@@ -374,10 +370,10 @@ class Decoder(nnx.Module):
         causal = np.tril(np.ones((length, length), bool))
         self_bias = self.relative_bias(length, length) + _mask_bias(causal)
         cross_bias = _mask_bias(encoder_mask)[:, None, None, :]
-        x = _dropout(self.dropout, embedded, rngs)
+        x = self.dropout(embedded, rngs)
         for layer in self.layers:
             x = layer(x, encoded, self_bias, cross_bias, rngs)
-        return _dropout(self.dropout, self.final_layer_norm(x), rngs)
+        return self.dropout(self.final_layer_norm(x), rngs)
 
     def init_cache(self, encoded: jax.Array, cache_length: int, num_samples: int) -> list[LayerCache]:
         return [layer.init_cache(encoded, cache_length, num_samples) for layer in self.layers]
