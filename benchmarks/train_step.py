@@ -6,7 +6,8 @@
 
 Reports examples/s and tokens/s (input + target tokens) of both and their ratio; on a GPU also our
 model FLOPs utilisation (6 x parameters x tokens per side, attention excluded) against the chip's
-dense bf16 peak.
+dense bf16 peak. Everywhere it also reports the compute floor: the tokens/s of a step doing nothing but
+those model FLOPs at the best matrix-multiply rate measured here, which no implementation exceeds.
 """
 
 import jax
@@ -32,11 +33,21 @@ def model_flops_per_example(model, input_length: int, target_length: int) -> flo
     return 6.0 * (encoder * input_length + (decoder + head) * target_length)
 
 
+def matmul_rate(dtype: str, repeats: int = 3) -> float:
+    """FLOP/s of a large product in the compute dtype: [12800, 512] x [512, 2048], the FFN's at batch 64."""
+    a = jax.numpy.ones((12800, 512), dtype)
+    b = jax.numpy.ones((512, 2048), dtype)
+    product = jax.jit(lambda a, b: a @ b)
+    product(a, b).block_until_ready()
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1] / common.best_time(lambda: product(a, b).block_until_ready(), repeats)
+
+
 def main() -> None:
     parser = common.parser(__doc__, "train_step.json")
     parser.set_defaults(batch_size=64, decode_length=64, repeats=3)
     args = parser.parse_args()
-    model, reference, device = common.models(args.config, args.dtype, args.seed)
+    # SFT's dropout (T5's 0.1) on both sides: the step as phase 1 runs it.
+    model, reference, device = common.models(args.config, args.dtype, args.seed, dropout_rate=0.1)
     inputs, targets = common.token_batches(args)
     weights = np.ones_like(targets)
     batch = {"encoder_input_tokens": inputs, "decoder_input_tokens": np.asarray(scoring.shift_right(targets.astype(np.int32))),
@@ -79,10 +90,15 @@ def main() -> None:
         step = results["train_step"]
         step["ours_examples_per_s"] = step["ours_tokens_per_s"] / (args.input_length + args.decode_length)
         step["reference_examples_per_s"] = step["reference_tokens_per_s"] / (args.input_length + args.decode_length)
+        flops = model_flops_per_example(model, args.input_length, args.decode_length)
+        rate = matmul_rate(args.dtype)
+        results["compute_floor"] = {"matmul_flops_per_s": rate, "model_flops_per_example": flops,
+                                    "tokens_per_s": rate / flops * (args.input_length + args.decode_length)}
+        print(f"compute floor {results['compute_floor']['tokens_per_s']:9.1f} tok/s ({flops / 1e9:.1f} GFLOP"
+              f" per example at {rate / 1e9:.0f} GFLOP/s)")
         kind = jax.devices()[0].device_kind
         peak = next((flops for prefix, flops in PEAK_FLOPS.items() if kind.startswith(prefix)), None)
         if peak:
-            flops = model_flops_per_example(model, args.input_length, args.decode_length)
             step["ours_mfu"] = flops * step["ours_examples_per_s"] / peak
             print(f"MFU {step['ours_mfu']:.1%} of {kind}'s {peak / 1e12:.0f} TFLOP/s")
     common.write_report(args, device, results)
