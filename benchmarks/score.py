@@ -18,7 +18,8 @@ def main() -> None:
     torch_inputs, torch_targets = torch.tensor(inputs, device=device), torch.tensor(targets, device=device)
 
     def ours():
-        scoring.score(model, inputs.tolist(), targets.tolist(), batch_size=args.batch_size)
+        scoring.score(model, inputs.tolist(), targets.tolist(), batch_size=args.batch_size,
+                      max_input_length=args.input_length, max_target_length=args.decode_length)
 
     def theirs():
         with torch.no_grad():

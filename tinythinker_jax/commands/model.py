@@ -129,7 +129,8 @@ def score_command(args: argparse.Namespace) -> int:
     eos_id = model.config.eos_id
     inputs = [_tokenize(vocabulary, r["inputs"], args.max_input_length, eos_id) for r in records]
     targets = [_tokenize(vocabulary, r["targets"], args.max_target_length, eos_id) for r in records]
-    scores = scoring.score(model, inputs, targets, batch_size=args.batch_size)
+    scores = scoring.score(model, inputs, targets, batch_size=args.batch_size, max_input_length=args.max_input_length,
+                           max_target_length=args.max_target_length)
     _write_records(
         args.out,
         ({**r, "log_likelihood": float(s), "num_target_tokens": len(t)} for r, s, t in zip(records, scores, targets)),

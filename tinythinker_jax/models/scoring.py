@@ -74,11 +74,12 @@ def _jitted_sequence_log_likelihood(graphdef, state, encoder_input_tokens, decod
 
 def score(
     model: T5Transformer, inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], *,
-    batch_size: int = 32,
+    batch_size: int = 32, max_input_length: int | None = None, max_target_length: int | None = None,
 ) -> np.ndarray:
     """Summed target log-likelihood of each (input, target) token-id pair, in order, as float32 numpy.
 
-    Pairs are grouped by length and padded to shape buckets, so a file compiles a handful of times.
+    Pairs are grouped by length and padded to shape buckets, so a file compiles a handful of times; the
+    caller's maximum lengths, when given, are the largest buckets.
     """
     if len(inputs) != len(targets):
         raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
@@ -87,8 +88,8 @@ def score(
     scores = np.zeros(len(inputs), np.float32)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        encoder_input_tokens = batching.bucketed([inputs[i] for i in chunk])
-        decoder_target_tokens = batching.bucketed([targets[i] for i in chunk])
+        encoder_input_tokens = batching.bucketed([inputs[i] for i in chunk], max_length=max_input_length)
+        decoder_target_tokens = batching.bucketed([targets[i] for i in chunk], max_length=max_target_length)
         chunk_scores = _jitted_sequence_log_likelihood(graphdef, state, encoder_input_tokens, decoder_target_tokens)
         scores[chunk] = partitioning.to_host(chunk_scores)[: len(chunk)]
     return scores
