@@ -59,7 +59,8 @@ class ChainRunner:
             num_decodes = min(counts.values())
             inputs = [text for text, count in counts.items() for _ in range(-(-count // num_decodes))]
         eos_id = self.model.config.eos_id
-        # At most `batch_size` rows (inputs x samples) per call, whole powers of two so none is padding.
+        # At most `batch_size` rows (inputs x samples) per call; a power of two of inputs, which is its own
+        # batch bucket, so a full call decodes no padding rows.
         inputs_per_call = 1 << max((self.settings.batch_size // num_decodes).bit_length() - 1, 0)
         result = decoding.generate(
             self.model, [self._encode(t) for t in inputs], max_decode_length=max_length, sampling=sampling,
