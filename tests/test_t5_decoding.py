@@ -8,9 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import seqio
 import torch
 from flax import nnx
 
+from tinythinker_jax import chains
 from tinythinker_jax.models import batching, checkpoints, decoding, hf_convert, scoring, testing
 
 EOS = 1
@@ -131,6 +133,22 @@ def test_samples_of_one_input_equal_that_input_repeated(converted):
                                  max_decode_length=MAX_DECODE_LENGTH, sampling=SAMPLING, seed=5)
     np.testing.assert_array_equal(shared.tokens.reshape(9, -1), repeated.tokens[:, 0])
     np.testing.assert_allclose(shared.log_likelihood.reshape(9), repeated.log_likelihood[:, 0], rtol=1e-5)
+
+
+@one_flavour
+def test_chain_runner_gives_each_sampled_request_its_own_sample(converted, vocab_path):
+    """Repeated sampled prompts are decoded as samples of one input. With uneven repeats (3 and 2) the
+    least-asked count sets the samples per input, and the third request gets a second input."""
+    _, model = converted
+    vocabulary = seqio.SentencePieceVocabulary(vocab_path)
+    runner = chains.ChainRunner(model, vocabulary, chains.ChainSettings(max_input_length=16))
+    first, second = "the first prompt", "another"
+    outputs = runner._generate([first, second, first, second, first], SAMPLING, MAX_DECODE_LENGTH, seed=4)
+    expected = decoding.generate(model, [runner._encode(t) for t in (first, first, second)],
+                                 max_decode_length=MAX_DECODE_LENGTH, sampling=SAMPLING, num_decodes=2, seed=4)
+    texts = [[vocabulary.decode(decoding.until_eos(row, EOS)) for row in rows] for rows in expected.tokens]
+    assert outputs == [texts[0][0], texts[2][0], texts[0][1], texts[2][1], texts[1][0]]
+    assert len({outputs[0], outputs[2], outputs[4]}) == 3
 
 
 @one_flavour
