@@ -22,7 +22,8 @@ from tinythinker_jax import chains, formats, partitioning
 from tinythinker_jax.data import locations, prepare, records
 from tinythinker_jax.models import decoding, testing
 from tinythinker_jax.reflection import iteration
-from tinythinker_jax.training import loop, optimizers
+from tinythinker_jax.training import optimizers
+from tinythinker_jax.training.step import global_batch, make_train_step
 
 import seqio
 
@@ -73,13 +74,13 @@ def dpo_examples_per_second(model, args) -> float:
     with partitioning.activate(mesh, rules):
         graphdef, params, rest = nnx.split(partitioning.shard_model(model, mesh, rules), nnx.Param, ...)
         opt_state = jax.jit(optimizer.transform.init)(params)
-        step_fn = loop.make_train_step(graphdef, rest, optimizer.transform, iteration.dpo_loss_fn(0.5, 0.5))
-        global_batch = loop.global_batch(batch, mesh, rules)
+        step_fn = make_train_step(graphdef, rest, optimizer.transform, iteration.dpo_loss_fn(0.5, 0.5))
+        batch_arrays = global_batch(batch, mesh, rules)
         state = {"params": params, "opt_state": opt_state, "step": 0}
 
         def step():
             state["params"], state["opt_state"], values = step_fn(
-                state["params"], state["opt_state"], global_batch, state["step"], jax.random.key(0))
+                state["params"], state["opt_state"], batch_arrays, state["step"], jax.random.key(0))
             state["step"] += 1
             jax.block_until_ready(values)
 

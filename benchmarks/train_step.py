@@ -18,7 +18,8 @@ from flax import nnx
 import common
 from tinythinker_jax import partitioning
 from tinythinker_jax.models import scoring
-from tinythinker_jax.training import loop, optimizers, trainer
+from tinythinker_jax.training import losses, optimizers
+from tinythinker_jax.training.step import global_batch, make_train_step
 
 # Dense bf16 peak FLOP/s by `device_kind` prefix.
 PEAK_FLOPS = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12, "TPU v4": 275e12,
@@ -33,17 +34,20 @@ def model_flops_per_example(model, input_length: int, target_length: int) -> flo
     return 6.0 * (encoder * input_length + (decoder + head) * target_length)
 
 
-def matmul_rate(dtype: str, repeats: int = 3) -> float:
-    """FLOP/s of a large product in the compute dtype: [12800, 512] x [512, 2048], the FFN's at batch 64."""
-    a = jax.numpy.ones((12800, 512), dtype)
-    b = jax.numpy.ones((512, 2048), dtype)
+def matmul_rate(config, rows: int, repeats: int = 3) -> float:
+    """FLOP/s of the feed-forward layer's input product at this batch, in the compute dtype, on random data."""
+    a = jax.random.normal(jax.random.key(1), (rows, config.d_model), config.compute_dtype)
+    b = jax.random.normal(jax.random.key(2), (config.d_model, config.d_ff), config.compute_dtype)
     product = jax.jit(lambda a, b: a @ b)
     product(a, b).block_until_ready()
-    return 2 * a.shape[0] * a.shape[1] * b.shape[1] / common.best_time(lambda: product(a, b).block_until_ready(), repeats)
+    return 2 * rows * config.d_model * config.d_ff / common.best_time(lambda: product(a, b).block_until_ready(), repeats)
 
 
 def main() -> None:
     parser = common.parser(__doc__, "train_step.json")
+    parser.add_argument("--steps", type=int, default=1,
+                        help="steps per timed call, synchronised once at the end (on a GPU, 10 hides dispatch)")
+    parser.add_argument("--profile", help="also write a jax.profiler trace of one timed call to this directory")
     parser.set_defaults(batch_size=64, decode_length=64, repeats=3)
     args = parser.parse_args()
     # SFT's dropout (T5's 0.1) on both sides: the step as phase 1 runs it.
@@ -61,15 +65,17 @@ def main() -> None:
         # Placed as the trainer places them, so the first step's output matches its input and nothing recompiles.
         graphdef, params, rest = nnx.split(partitioning.shard_model(model, mesh, rules), nnx.Param, ...)
         opt_state = jax.jit(optimizer.transform.init)(params)
-        train_step = loop.make_train_step(graphdef, rest, optimizer.transform, trainer.sft_loss)
-        global_batch = loop.global_batch(batch, mesh, rules)
+        train_step = make_train_step(graphdef, rest, optimizer.transform, losses.sft_loss)
+        batch_arrays = global_batch(batch, mesh, rules)
         rng = jax.random.key(0)
         state = {"params": params, "opt_state": opt_state, "step": 0}
 
         def ours():
-            state["params"], state["opt_state"], values = train_step(
-                state["params"], state["opt_state"], global_batch, state["step"], rng)
-            state["step"] += 1
+            # Dispatch runs ahead of the device, as in the trainer, which fetches metrics every `log_every` steps.
+            for _ in range(args.steps):
+                state["params"], state["opt_state"], values = train_step(
+                    state["params"], state["opt_state"], batch_arrays, state["step"], rng)
+                state["step"] += 1
             jax.block_until_ready(values)
 
         reference.train()
@@ -78,20 +84,24 @@ def main() -> None:
         torch_targets = torch.tensor(targets, device=device)
 
         def theirs():
-            torch_optimizer.zero_grad()
-            reference(input_ids=torch_inputs, labels=torch_targets).loss.backward()
-            torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
-            torch_optimizer.step()
+            for _ in range(args.steps):
+                torch_optimizer.zero_grad()
+                reference(input_ids=torch_inputs, labels=torch_targets).loss.backward()
+                torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+                torch_optimizer.step()
             if device == "cuda":
                 torch.cuda.synchronize()
 
-        tokens = args.batch_size * (args.input_length + args.decode_length)
+        tokens = args.steps * args.batch_size * (args.input_length + args.decode_length)
         results = common.compare({"train_step": (ours, theirs)}, tokens, args.repeats)
+        if args.profile:
+            with jax.profiler.trace(args.profile):
+                ours()
         step = results["train_step"]
         step["ours_examples_per_s"] = step["ours_tokens_per_s"] / (args.input_length + args.decode_length)
         step["reference_examples_per_s"] = step["reference_tokens_per_s"] / (args.input_length + args.decode_length)
         flops = model_flops_per_example(model, args.input_length, args.decode_length)
-        rate = matmul_rate(args.dtype)
+        rate = matmul_rate(model.config, args.batch_size * args.input_length)
         results["compute_floor"] = {"matmul_flops_per_s": rate, "model_flops_per_example": flops,
                                     "tokens_per_s": rate / flops * (args.input_length + args.decode_length)}
         print(f"compute floor {results['compute_floor']['tokens_per_s']:9.1f} tok/s ({flops / 1e9:.1f} GFLOP"

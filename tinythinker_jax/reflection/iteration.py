@@ -31,6 +31,7 @@ from tinythinker_jax.models import t5
 from tinythinker_jax.reflection import data as pair_data
 from tinythinker_jax.reflection import losses, sampling
 from tinythinker_jax.training import checkpointing, loop, optimizers, schedule, streams, trainer
+from tinythinker_jax.training.step import LossFn
 
 SFT = "sft"
 # Which pair sets DPO trains on (the paper's ablations); both are always generated, since analyze
@@ -76,7 +77,7 @@ def pair_blocks(counts: dict[str, int], stage_type: str, batch_size: int) -> tup
     return tuple((stage, lengths[stage]) for stage in STAGE_TYPES[stage_type] if counts[stage] > 0)
 
 
-def dpo_loss_fn(beta: float, alpha: float) -> loop.LossFn:
+def dpo_loss_fn(beta: float, alpha: float) -> LossFn:
     """DPO+RPO on a batch of scored pairs; dropout stays off, as in the paper's DPO runs."""
     def loss_fn(model, batch, dropout_rng):
         del dropout_rng

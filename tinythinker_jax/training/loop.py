@@ -8,7 +8,6 @@ resumes at the same step and the same next batch.
 """
 
 import dataclasses
-import functools
 import math
 import signal
 import time
@@ -16,17 +15,13 @@ from typing import Callable, Mapping, Optional
 
 import jax
 import numpy as np
-import optax
 from flax import nnx
 from tqdm import tqdm
 
 from tinythinker_jax import partitioning
 from tinythinker_jax.models.t5 import T5Config, T5Transformer
 from tinythinker_jax.training import checkpointing, metrics, optimizers, schedule, streams
-
-# loss_fn(model, batch, dropout_rng) -> (loss, device metrics); a "tokens" metric is summed for tokens/s.
-LossFn = Callable[[T5Transformer, dict[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
-
+from tinythinker_jax.training.step import LossFn, global_batch, make_train_step
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
@@ -49,28 +44,6 @@ class Preemption:
 
     def close(self):
         signal.signal(signal.SIGTERM, self._previous)
-
-
-def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, transform: optax.GradientTransformation, loss_fn: LossFn):
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def train_step(params, opt_state, batch, step, rng):
-        dropout_rng = jax.random.fold_in(rng, step)
-
-        def loss_of(params):
-            return loss_fn(nnx.merge(graphdef, params, rest), batch, dropout_rng)
-
-        (loss, values), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
-        updates, opt_state = transform.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, {**values, "loss": loss, "grad_norm": optax.tree.norm(grads)}
-
-    return train_step
-
-
-def global_batch(local: Mapping[str, np.ndarray], mesh, rules) -> dict[str, jax.Array]:
-    """This process's rows of every array, assembled into global arrays split on `data`."""
-    return {name: jax.make_array_from_process_local_data(partitioning.batch_sharding(mesh, rules, array.ndim), array)
-            for name, array in local.items()}
 
 
 class PendingMetrics:

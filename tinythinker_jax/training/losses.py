@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from tinythinker_jax.models import t5
+
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Mean cross entropy over the weighted target tokens (as the paper's HF Trainer), and the token count.
@@ -14,3 +16,10 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Arra
     weights = weights.astype(jnp.float32)
     num_tokens = jnp.sum(weights)
     return jnp.sum(losses * weights) / jnp.maximum(num_tokens, 1.0), num_tokens
+
+
+def sft_loss(model: t5.T5Transformer, batch: dict[str, jax.Array], dropout_rng: jax.Array):
+    """Token-mean cross entropy of the targets, with T5's dropout."""
+    logits = model(batch["encoder_input_tokens"], batch["decoder_input_tokens"], dropout_rng=dropout_rng)
+    loss, num_tokens = token_cross_entropy(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"])
+    return loss, {"tokens": num_tokens}

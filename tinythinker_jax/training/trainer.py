@@ -33,13 +33,6 @@ def build_streams(dataset: str, stage_type: str, feature_lengths: dict[str, int]
     }
 
 
-def sft_loss(model: t5.T5Transformer, batch: dict[str, jax.Array], dropout_rng: jax.Array):
-    """Token-mean cross entropy of the targets, with T5's dropout."""
-    logits = model(batch["encoder_input_tokens"], batch["decoder_input_tokens"], dropout_rng=dropout_rng)
-    loss, num_tokens = losses.token_cross_entropy(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"])
-    return loss, {"tokens": num_tokens}
-
-
 def setup_data(mixture_or_task_name: str, data_dir: Optional[str], vocabulary_path: Optional[str],
                model_config: t5.T5Config) -> tuple[str, str, seqio.Vocabulary]:
     """Prepares and registers the dataset of a stage mixture: (dataset, stage type, vocabulary)."""
@@ -117,7 +110,7 @@ def train(
         return loop.Loop(
             model_dir=model_dir, name="sft", model=model, model_config=model_config,
             vocab_path=vocabulary.sentencepiece_model_file, optimizer=create_optimizer(total_steps),
-            loss_fn=sft_loss, streams=stage_streams, blocks=blocks, total_steps=total_steps,
+            loss_fn=losses.sft_loss, streams=stage_streams, blocks=blocks, total_steps=total_steps,
             eval_every=eval_every or blocks.cycle_steps, validate=validate, mesh=mesh, rules=rules,
             batch_size=batch_size, seed=seed, keep_checkpoints=keep_checkpoints, log_every=log_every,
         ).run()

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The benchmarks as run on one GPU, bf16 compute with fp32 parameters, in order of what they decide:
+# the t5-base SFT step's MFU first, then decoding and scoring at TinyThinker's shapes.
+#
+#   benchmarks/gpu.sh [OUT_DIR]     # one JSON report per run in OUT_DIR (default: the current directory)
+#
+# reflect.py is not among them: it builds the toy world's questions with seqio and TensorFlow, which a
+# bare GPU image may lack; the others need only jax, flax, optax, orbax, torch and transformers.
+set -uo pipefail
+out=$(realpath "${1:-.}")
+cd "$(dirname "$0")" || exit 2
+# The package from this checkout, installed or not.
+root=$(cd .. && pwd)
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+# JAX takes 75% of the GPU's memory by default; the PyTorch reference runs in the same process.
+export XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 USE_TF=0 PYTHONUNBUFFERED=1
+failed=0
+
+run() {
+  local name=$1
+  shift
+  echo "== $name: $*"
+  timeout 300 python3 "$@" --dtype bfloat16 --out "$out/$name.json" || { echo "!! $name failed"; failed=1; }
+}
+
+run train_step_base_b64 train_step.py --config t5_1_0_base --steps 10 --profile "$out/trace_base_b64"
+run decode_small_b16 decode.py --config t5_1_0_small
+run train_step_base_b128 train_step.py --config t5_1_0_base --batch_size 128 --steps 10
+run score_small_b16 score.py --config t5_1_0_small
+run decode_small_b64 decode.py --config t5_1_0_small --batch_size 64
+run train_step_small_b64 train_step.py --config t5_1_0_small --steps 10
+exit $failed
