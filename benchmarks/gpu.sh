@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # The benchmarks as run on one GPU, bf16 compute with fp32 parameters, in order of what they decide:
-# the t5-base SFT step's MFU first, then decoding and scoring at TinyThinker's shapes.
+# the t5-base SFT step's MFU first, then decoding, self-reflection's chains and scoring at TinyThinker's shapes.
 #
-#   benchmarks/gpu.sh [OUT_DIR]     # one JSON report per run in OUT_DIR (default: the current directory)
+#   [TINYTHINKER_VOCAB=t5_spiece.model] benchmarks/gpu.sh [OUT_DIR]   # one JSON report per run in OUT_DIR
 #
-# reflect.py is not among them: it builds the toy world's questions with seqio and TensorFlow, which a
-# bare GPU image may lack; the others need only jax, flax, optax, orbax, torch and transformers.
+# They need only jax, flax, optax, orbax, sentencepiece, torch and transformers: no seqio or TensorFlow.
 set -uo pipefail
 out=$(realpath "${1:-.}")
 cd "$(dirname "$0")" || exit 2
@@ -25,6 +24,7 @@ run() {
 
 run train_step_base_b64 train_step.py --config t5_1_0_base --steps 10 --profile "$out/trace_base_b64"
 run decode_small_b16 decode.py --config t5_1_0_small
+run reflect_small reflect.py --config t5_1_0_small
 run train_step_base_b128 train_step.py --config t5_1_0_base --batch_size 128 --steps 10
 run score_small_b16 score.py --config t5_1_0_small
 run decode_small_b64 decode.py --config t5_1_0_small --batch_size 64

@@ -6,26 +6,41 @@ plus the DPO train step's examples/s.
     TINYTHINKER_VOCAB=path/to/t5_spiece.model python benchmarks/reflect.py [--config t5_1_0_small \
         --questions 8 --num_samples 4 --batch_size 64 --out reflect.json]
 
-Questions come from the toy world (5 options, like CSQA), built in a temporary directory. Random weights
-rarely emit EOS, so both sides mostly decode the full 128 tokens per stage: the same work.
+Questions come from the toy world (5 options, like CSQA). Random weights rarely emit EOS, so both sides
+mostly decode the full 128 tokens per stage: the same work. Needs neither seqio nor TensorFlow, so it runs
+on a bare GPU image too.
 """
 
 import tempfile
 
 import jax
 import numpy as np
+import sentencepiece
 import torch
 from flax import nnx
 
 import common
 from tinythinker_jax import chains, formats, partitioning
-from tinythinker_jax.data import locations, prepare, records
+from tinythinker_jax.data.toyworld import ToyWorld
 from tinythinker_jax.models import decoding, testing
-from tinythinker_jax.reflection import iteration
+from tinythinker_jax.reflection import losses
 from tinythinker_jax.training import optimizers
 from tinythinker_jax.training.step import global_batch, make_train_step
 
-import seqio
+
+class Vocabulary:
+    """`seqio.SentencePieceVocabulary`'s encode and decode (ids past the pieces, T5's extra ids, decode as
+    unknown) straight on SentencePiece, since seqio needs TensorFlow."""
+
+    def __init__(self, path: str):
+        self.processor = sentencepiece.SentencePieceProcessor(model_file=path)
+
+    def encode(self, text: str) -> list[int]:
+        return self.processor.encode_as_ids(text)
+
+    def decode(self, ids) -> str:
+        size, unknown = self.processor.get_piece_size(), self.processor.unk_id()
+        return self.processor.decode_ids([unknown if i >= size else int(i) for i in ids])
 
 
 def torch_chains(reference, device, vocabulary, questions, num_samples, settings: chains.ChainSettings):
@@ -74,7 +89,7 @@ def dpo_examples_per_second(model, args) -> float:
     with partitioning.activate(mesh, rules):
         graphdef, params, rest = nnx.split(partitioning.shard_model(model, mesh, rules), nnx.Param, ...)
         opt_state = jax.jit(optimizer.transform.init)(params)
-        step_fn = make_train_step(graphdef, rest, optimizer.transform, iteration.dpo_loss_fn(0.5, 0.5))
+        step_fn = make_train_step(graphdef, rest, optimizer.transform, losses.dpo_loss_fn(0.5, 0.5))
         batch_arrays = global_batch(batch, mesh, rules)
         state = {"params": params, "opt_state": opt_state, "step": 0}
 
@@ -98,9 +113,8 @@ def main() -> None:
     model, reference, device = common.models(args.config, args.dtype, args.seed)
     reference.generation_config.eos_token_id = 1
     with tempfile.TemporaryDirectory() as tmp:
-        vocabulary = seqio.SentencePieceVocabulary(testing.sentencepiece_model(tmp), extra_ids=100)
-        prepare.ensure_prepared("toyworld", tmp)
-        questions = records.read_questions(locations.split_path(tmp, "train"))[: args.questions]
+        vocabulary = Vocabulary(testing.sentencepiece_model(tmp))
+    questions = ToyWorld.generate(seed=0).questions["mc5"]["train"][: args.questions]
     settings = chains.ChainSettings(recall=decoding.SamplingConfig(temperature=0.7), batch_size=args.batch_size,
                                     max_input_length=args.input_length, max_decode_length=args.decode_length)
     runner = chains.ChainRunner(model, vocabulary, settings)

@@ -6,9 +6,7 @@ during training, `tinythinker evaluate`, and self-reflection sampling.
 
 import collections
 import dataclasses
-from typing import Optional, Sequence
-
-import seqio
+from typing import Optional, Protocol, Sequence
 
 from tinythinker_jax import formats
 from tinythinker_jax.data.records import Question
@@ -16,6 +14,14 @@ from tinythinker_jax.models import decoding
 from tinythinker_jax.models.t5 import T5Transformer
 
 GREEDY = decoding.SamplingConfig()
+
+
+class Vocabulary(Protocol):
+    """What the chains need of a vocabulary; `seqio.SentencePieceVocabulary` is one."""
+
+    def encode(self, s: str) -> Sequence[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +46,7 @@ class Chain:
 class ChainRunner:
     """Runs chains for many questions at once, one batched decoding call per stage."""
 
-    def __init__(self, model: T5Transformer, vocabulary: seqio.Vocabulary, settings: ChainSettings = ChainSettings()):
+    def __init__(self, model: T5Transformer, vocabulary: Vocabulary, settings: ChainSettings = ChainSettings()):
         self.model, self.vocabulary, self.settings = model, vocabulary, settings
 
     def _encode(self, text: str) -> list[int]:

@@ -11,7 +11,6 @@ import math
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import seqio
 from flax import nnx
@@ -19,8 +18,9 @@ from tqdm import tqdm
 
 from tinythinker_jax import partitioning
 from tinythinker_jax.data.records import DataError, JsonFields, iter_json_lines, write_jsonl
-from tinythinker_jax.models import batching, scoring
+from tinythinker_jax.models import batching
 from tinythinker_jax.models.t5 import T5Transformer
+from tinythinker_jax.reflection import losses
 
 TEXT_FIELDS = ("id", "prompt", "chosen", "rejected")
 REFERENCE_FIELDS = ("reference_chosen", "reference_rejected")
@@ -78,18 +78,9 @@ def load_pair_arrays(task_name: str, feature_lengths: dict[str, int]) -> dict[st
     return arrays
 
 
-def pair_log_likelihoods(model: T5Transformer, batch: dict[str, jax.Array]) -> jax.Array:
-    """[batch, 2] summed log-likelihoods of (chosen, rejected), the prompt encoded once for both."""
-    chosen, rejected = batch["chosen_targets"], batch["rejected_targets"]
-    length = max(chosen.shape[1], rejected.shape[1])
-    pad = lambda x: jnp.pad(x, ((0, 0), (0, length - x.shape[1])))  # noqa: E731
-    return scoring.candidates_log_likelihood(model, batch["encoder_input_tokens"],
-                                             jnp.stack([pad(chosen), pad(rejected)], axis=1))
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _jitted_pair_log_likelihoods(graphdef, state, batch):
-    return pair_log_likelihoods(nnx.merge(graphdef, state), batch)
+    return losses.pair_log_likelihoods(nnx.merge(graphdef, state), batch)
 
 
 def score_pairs(model: T5Transformer, arrays: dict[str, np.ndarray], batch_size: int, mesh, rules) -> np.ndarray:

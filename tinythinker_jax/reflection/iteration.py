@@ -21,7 +21,6 @@ import time
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 import tinythinker_tasks
@@ -31,7 +30,6 @@ from tinythinker_jax.models import t5
 from tinythinker_jax.reflection import data as pair_data
 from tinythinker_jax.reflection import losses, sampling
 from tinythinker_jax.training import checkpointing, loop, optimizers, schedule, streams, trainer
-from tinythinker_jax.training.step import LossFn
 
 SFT = "sft"
 # Which pair sets DPO trains on (the paper's ablations); both are always generated, since analyze
@@ -75,20 +73,6 @@ def pair_blocks(counts: dict[str, int], stage_type: str, batch_size: int) -> tup
     recall_block = counts["recall"] // batch_size + 1
     lengths = {"recall": recall_block, "analyze": (counts["analyze"] // counts["recall"] + 1) * recall_block}
     return tuple((stage, lengths[stage]) for stage in STAGE_TYPES[stage_type] if counts[stage] > 0)
-
-
-def dpo_loss_fn(beta: float, alpha: float) -> LossFn:
-    """DPO+RPO on a batch of scored pairs; dropout stays off, as in the paper's DPO runs."""
-    def loss_fn(model, batch, dropout_rng):
-        del dropout_rng
-        logps = pair_data.pair_log_likelihoods(model, batch)
-        chosen_lengths = jnp.sum(batch["chosen_targets"] != model.config.pad_id, axis=-1)
-        loss, values = losses.dpo_rpo_loss(
-            logps[:, 0], logps[:, 1], batch["reference_chosen"], batch["reference_rejected"],
-            chosen_lengths, batch["pair_weights"], beta=beta, alpha=alpha)
-        del values["loss"]
-        return loss, {**values, "tokens": jnp.sum(chosen_lengths * batch["pair_weights"])}
-    return loss_fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +189,7 @@ def run_iteration(
             result = loop.Loop(
                 model_dir=out_dir, name=f"reflect {iteration}", model=load_reference(), model_config=model_config,
                 vocab_path=vocabulary.sentencepiece_model_file, optimizer=create_optimizer(rounds * round_steps),
-                loss_fn=dpo_loss_fn(beta, alpha), streams=pair_streams, blocks=block_schedule,
+                loss_fn=losses.dpo_loss_fn(beta, alpha), streams=pair_streams, blocks=block_schedule,
                 total_steps=rounds * round_steps, eval_every=round_steps, validate=validate, mesh=mesh, rules=rules,
                 batch_size=batch_size, seed=seed, keep_checkpoints=keep_checkpoints, log_every=log_every,
             ).run()

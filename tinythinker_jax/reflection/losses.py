@@ -6,13 +6,18 @@ not a mean of per-pair means. Since a chosen sequence's summed log-likelihood is
 token NLL, the term needs only the chosen lengths.
 
 Batches are padded with filler rows to a fixed shape; `weights` (1 real, 0 filler) keeps them out of
-the loss and of every metric.
+the loss and of every metric. `dpo_loss_fn` is the objective as the train step takes it, over the policy's
+log-likelihoods of a batch of pairs and the reference's, stored with the pairs.
 """
 
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+
+from tinythinker_jax.models import scoring
+from tinythinker_jax.models.t5 import T5Transformer
+from tinythinker_jax.training.step import LossFn
 
 
 def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
@@ -50,3 +55,26 @@ def dpo_rpo_loss(
         "rewards/margin": _weighted_mean(margins, weights),
     }
     return loss, metrics
+
+
+def pair_log_likelihoods(model: T5Transformer, batch: dict[str, jax.Array]) -> jax.Array:
+    """[batch, 2] summed log-likelihoods of (chosen, rejected), the prompt encoded once for both."""
+    chosen, rejected = batch["chosen_targets"], batch["rejected_targets"]
+    length = max(chosen.shape[1], rejected.shape[1])
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, length - x.shape[1])))  # noqa: E731
+    return scoring.candidates_log_likelihood(model, batch["encoder_input_tokens"],
+                                             jnp.stack([pad(chosen), pad(rejected)], axis=1))
+
+
+def dpo_loss_fn(beta: float, alpha: float) -> LossFn:
+    """DPO+RPO on a batch of scored pairs; dropout stays off, as in the paper's DPO runs."""
+    def loss_fn(model, batch, dropout_rng):
+        del dropout_rng
+        logps = pair_log_likelihoods(model, batch)
+        chosen_lengths = jnp.sum(batch["chosen_targets"] != model.config.pad_id, axis=-1)
+        loss, values = dpo_rpo_loss(
+            logps[:, 0], logps[:, 1], batch["reference_chosen"], batch["reference_rejected"],
+            chosen_lengths, batch["pair_weights"], beta=beta, alpha=alpha)
+        del values["loss"]
+        return loss, {**values, "tokens": jnp.sum(chosen_lengths * batch["pair_weights"])}
+    return loss_fn
