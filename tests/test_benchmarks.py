@@ -1,0 +1,42 @@
+"""The benchmark scripts run end to end on tiny shapes, with seqio and TensorFlow unimportable: a bare
+JAX + PyTorch image, where `benchmarks/gpu.sh` runs them on a lent GPU, has neither."""
+
+import json
+import os
+import subprocess
+import sys
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+SCRIPT = """
+import os, runpy, sys
+for name in ("seqio", "tensorflow", "tensorflow_datasets", "tensorflow_text", "gin", "clu"):
+    sys.modules[name] = None  # any import of them now fails
+sys.path.insert(0, {benchmarks!r})
+tiny = ["--config", "t5_1_0_tiny", "--batch_size", "2", "--input_length", "16", "--decode_length", "8",
+        "--repeats", "1"]
+for script, extra in {runs!r}:
+    sys.argv = [script, *tiny, *extra, "--out", os.path.join({out!r}, script + ".json")]
+    runpy.run_path(os.path.join({benchmarks!r}, script), run_name="__main__")
+"""
+
+RUNS = (
+    ("decode.py", []),
+    ("score.py", []),
+    ("train_step.py", ["--steps", "2"]),
+    ("reflect.py", ["--questions", "2", "--num_samples", "2", "--dpo_batch_size", "2"]),
+)
+
+
+def test_benchmarks_run_without_seqio_or_tensorflow(tmp_path):
+    script = SCRIPT.format(benchmarks=BENCHMARKS, runs=RUNS, out=str(tmp_path))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = {name: json.load(open(tmp_path / f"{name}.json"))["results"] for name, _ in RUNS}
+    assert {"greedy", "sampled", "memory_floor"} <= set(reports["decode.py"])
+    assert reports["score.py"]["score"]["ours_tokens_per_s"] > 0
+    assert reports["train_step.py"]["train_step"]["ours_examples_per_s"] > 0
+    assert reports["train_step.py"]["compute_floor"]["tokens_per_s"] > 0
+    assert reports["reflect.py"]["chains"]["ours_chains_per_s"] > 0
+    assert reports["reflect.py"]["dpo_train_step"]["ours_examples_per_s"] > 0
