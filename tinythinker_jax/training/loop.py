@@ -23,6 +23,7 @@ from tinythinker_jax.models.t5 import T5Config, T5Transformer
 from tinythinker_jax.training import checkpointing, metrics, optimizers, schedule, streams
 from tinythinker_jax.training.step import LossFn, global_batch, make_train_step
 
+
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
     step: int
