@@ -65,6 +65,7 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(items):
-    # With `-n 2` (the README's command) the longest test starts at once on one worker while the rest
-    # of the suite runs on the other, instead of starting late and running alone at the end.
+    # Under `-n 2 --dist loadscope` (the README's command) the longest test's module starts at once on
+    # one worker while the rest of the suite runs on the other, instead of starting late and running
+    # alone at the end.
     items.sort(key=lambda item: item.get_closest_marker("longest") is None)
