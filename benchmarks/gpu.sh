@@ -25,6 +25,7 @@ run() {
 run train_step_base_b64 train_step.py --config t5_1_0_base --steps 10 --profile "$out/trace_base_b64"
 run decode_small_b16 decode.py --config t5_1_0_small
 run reflect_small reflect.py --config t5_1_0_small
+run reflect_small_16x10 reflect.py --config t5_1_0_small --questions 16 --num_samples 10
 run train_step_base_b128 train_step.py --config t5_1_0_base --batch_size 128 --steps 10
 run score_small_b16 score.py --config t5_1_0_small
 run decode_small_b64 decode.py --config t5_1_0_small --batch_size 64
