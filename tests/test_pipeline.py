@@ -8,10 +8,11 @@ import signal
 import gin
 import pytest
 
-from tinythinker_jax import cli, evaluation
+from tinythinker_jax import cli, evaluation, pipeline
+from tinythinker_jax.models import t5
 from tinythinker_jax.reflection import data as pair_data
-from tinythinker_jax.reflection import sampling
-from tinythinker_jax.training import loop
+from tinythinker_jax.reflection import iteration, sampling
+from tinythinker_jax.training import loop, trainer
 
 SMALL = ["--gin.TRAIN_STEPS=4", "--gin.ITERATIONS=1", "--gin.REFLECT_MAX_QUESTIONS=4", "--gin.NUM_SAMPLES=2",
          "--gin.ROUNDS=1", "--gin.trainer.train.max_eval_questions=2", "--gin.trainer.train.eval_every=4",
@@ -69,3 +70,20 @@ def test_demo_explains_a_missing_source_checkout(tmp_path, monkeypatch):
     monkeypatch.setattr(demo_command, "REPO", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="pip install -e"):
         demo(tmp_path / "out")
+
+
+@pytest.mark.parametrize("entry", ["train", "reflect", "pipeline"])
+def test_a_url_model_dir_is_refused_before_any_work(entry, tmp_path, monkeypatch):
+    """Not a local `gs:` directory beside checkpoints that Orbax put in the bucket."""
+    monkeypatch.chdir(tmp_path)
+    url, mixture, config = "gs://bucket/run", "tinythinker.toyworld.full_stages", t5.model_config("t5_1_0_tiny")
+    run = {
+        "train": lambda: trainer.train(model_dir=url, mixture_or_task_name=mixture, task_feature_lengths={},
+                                       model_config=config),
+        "reflect": lambda: iteration.run_iteration(model_dir=url, iteration=1, mixture_or_task_name=mixture,
+                                                   task_feature_lengths={}, model_config=config),
+        "pipeline": lambda: pipeline.run_pipeline(model_dir=url, mixture_or_task_name=mixture),
+    }[entry]
+    with pytest.raises(ValueError, match="MODEL_DIR 'gs://bucket/run' is a URL; mount the bucket"):
+        run()
+    assert os.listdir(tmp_path) == []

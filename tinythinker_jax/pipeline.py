@@ -88,6 +88,7 @@ def run_pipeline(
     chain_settings: chains.ChainSettings = chains.ChainSettings(),
 ) -> Optional[dict]:
     """Runs (or continues) the pipeline; None when SIGTERM stopped it (run it again to resume)."""
+    locations.require_local(model_dir)
     started = time.time()
     dataset, stage_type = tinythinker_tasks.parse_stage_mixture(mixture_or_task_name)
     data_dir = data_dir or locations.dataset_dir(dataset)

@@ -90,6 +90,7 @@ def train(
 
     Evaluation and checkpoints come every cycle of blocks (`eval_every` overrides) and at the end.
     """
+    locations.require_local(model_dir)
     dataset, stage_type, vocabulary = setup_data(mixture_or_task_name, data_dir, vocabulary_path, model_config)
     stage_streams = build_streams(dataset, stage_type, task_feature_lengths, batch_size, seed)
     num_options = benchmarks.get_benchmark(dataset).num_options
