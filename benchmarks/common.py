@@ -64,6 +64,25 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
+def calls_per_second(call, repeats: int) -> float:
+    """Rate of a jitted `call`, about 0.2 s of calls per timing. On an accelerator they are dispatched back
+    to back, which hides launch and synchronisation latency, and only the last is waited for (one stream
+    runs them in order); on a CPU each is waited for, since independent calls would share the cores."""
+    pipelined = jax.default_backend() != "cpu"
+
+    def calls(count: int):
+        def run():
+            for _ in range(count):
+                result = call()
+                if not pipelined:
+                    jax.block_until_ready(result)
+            jax.block_until_ready(result)
+        return run
+
+    count = max(1, round(0.2 / best_time(calls(1), 2)))
+    return count / best_time(calls(count), repeats)
+
+
 def compare(cases: dict, tokens: int, repeats: int, unit: str = "tok") -> dict:
     """Tokens (or other `unit`s) per second of ours and the reference for each case, after one
     compile/warm-up call each; the result keys say tokens whatever the unit."""

@@ -26,8 +26,7 @@ def read_bandwidth(num_bytes: int = 1 << 28, repeats: int = 5) -> float:
     """Bytes/s read by a sum over a float32 array far larger than the caches."""
     x = jnp.ones(num_bytes // 4, jnp.float32)
     total = jax.jit(jnp.sum)
-    total(x).block_until_ready()
-    return num_bytes / common.best_time(lambda: total(x).block_until_ready(), repeats)
+    return num_bytes * common.calls_per_second(lambda: total(x), repeats)
 
 
 def bytes_per_step(model, batch_size: int, input_length: int, decode_length: int) -> int:

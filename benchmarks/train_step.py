@@ -47,17 +47,11 @@ def model_flops_per_example(model, input_length: int, target_length: int) -> flo
 
 
 def matmul_rate(config, rows: int, repeats: int = 3) -> float:
-    """FLOP/s of the feed-forward layer's input product at this batch, in the compute dtype, on random data;
-    enough products dispatched back to back per timing (about 0.2 s) that a GPU's launch latency is hidden."""
+    """FLOP/s of the feed-forward layer's input product at this batch, in the compute dtype, on random data."""
     a = jax.random.normal(jax.random.key(1), (rows, config.d_model), config.compute_dtype)
     b = jax.random.normal(jax.random.key(2), (config.d_model, config.d_ff), config.compute_dtype)
     product = jax.jit(lambda a, b: a @ b)
-
-    def products(count: int):
-        return lambda: jax.block_until_ready([product(a, b) for _ in range(count)])
-
-    count = max(1, round(0.2 / common.best_time(products(1), 2)))
-    return 2 * rows * config.d_model * config.d_ff * count / common.best_time(products(count), repeats)
+    return 2 * rows * config.d_model * config.d_ff * common.calls_per_second(lambda: product(a, b), repeats)
 
 
 def main() -> None:
