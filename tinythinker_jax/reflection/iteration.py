@@ -115,7 +115,8 @@ def run_iteration(
     questions only (the paper uses all)."""
     if stage_type not in STAGE_TYPES:
         raise ValueError(f"unknown reflection stage type {stage_type!r}; expected one of {sorted(STAGE_TYPES)}")
-    out_dir = iteration_dir(locations.require_local(model_dir), iteration)
+    locations.require_local(model_dir)
+    out_dir = iteration_dir(model_dir, iteration)
     done = read_marker(os.path.join(out_dir, "done.json"))
     if done is not None:
         return IterationResult(**done)
