@@ -16,13 +16,13 @@ T5_VOCABULARY = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 EXTRA_IDS = 100  # T5's sentinel ids on top of the SentencePiece pieces
 
 
-def require_local(path: str, what: str = "MODEL_DIR") -> None:
-    """Refuses a URL: the trainer's own files (metrics, gin, pairs, reports) are written
-    with Python's file API, which would take `gs://b/x` for a local directory `gs:/b/x` while Orbax wrote the
-    checkpoints to the bucket."""
-    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path):
-        raise ValueError(f"{what} {path!r} is a URL; mount the bucket (gcsfuse, as launch/tpu_vm.sh does at "
-                         f"/gcs/BUCKET) and pass the mounted path")
+def require_local(model_dir: str) -> None:
+    """Refuses a URL: the trainer's own files (metrics, gin, pairs, reports) are written with Python's file
+    API, which would take `gs://b/x` for a local directory `gs:/b/x` while Orbax wrote the checkpoints to the
+    bucket."""
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", model_dir):
+        raise ValueError(f"MODEL_DIR {model_dir!r} is a URL; mount the bucket (gcsfuse, as launch/tpu_vm.sh does "
+                         f"at /gcs/BUCKET) and pass the mounted path")
 
 
 def data_root() -> str:
