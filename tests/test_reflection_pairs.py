@@ -2,7 +2,10 @@
 
 import collections
 import json
+import os
 import random
+import subprocess
+import sys
 
 from tinythinker_jax import formats
 from tinythinker_jax.chains import Chain
@@ -169,3 +172,27 @@ def test_analyze_pairs_are_deterministic_per_seed():
     assert analyze_rows(chains, seed=3) == analyze_rows(chains, seed=3)
     assert analyze_rows(list(reversed(chains)), seed=3) == analyze_rows(chains, seed=3)
     assert len({json.dumps(analyze_rows(chains, seed=seed)) for seed in range(10)}) > 1
+
+
+HASH_SEED_SCRIPT = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import test_reflection_pairs as t
+recall = [t.chain(f"r{{i}}", "B") for i in range(6)] + [t.chain(f"w{{i}}", "A") for i in range(2)]
+analyze = [t.chain(t.RECALL, "B", t.analyses(f"good{{i}}")) for i in range(2)]
+analyze += [t.chain(t.RECALL, "A", t.analyses(f"bad{{i}}")) for i in range(6)]
+print(json.dumps([t.recall_rows(recall, teacher=["t1", "t2"], seed=5), t.recall_rows(recall[4:], ["t1", "t2"], 5),
+                  t.analyze_rows(analyze, fallback=[t.analyses("fb")], seed=5)]))
+"""
+
+
+def test_pairs_do_not_depend_on_the_string_hash_seed():
+    """Sets of texts are ordered before sampling, so every process of a run (each with its own
+    PYTHONHASHSEED) builds the same pairs from the same seed."""
+    script = HASH_SEED_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    outputs = {
+        subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONHASHSEED": str(hash_seed)},
+                       capture_output=True, text=True, check=True).stdout
+        for hash_seed in range(4)
+    }
+    assert len(outputs) == 1
