@@ -32,7 +32,7 @@ def test_interrupted_demo_resumes_without_redoing_finished_work(tmp_path, monkey
 
     def add_then_preempt(self, step, stage, values):
         add(self, step, stage, values)
-        if step == 1:
+        if step == 2:
             signal.raise_signal(signal.SIGTERM)
 
     monkeypatch.setattr(loop.PendingMetrics, "add", add_then_preempt)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from tinythinker_jax.data import locations
 from tinythinker_jax.models import checkpoints as model_checkpoints
 from tinythinker_jax.models import t5
-from tinythinker_jax.training import loop, optimizers, trainer
+from tinythinker_jax.training import checkpointing, loop, optimizers, trainer
 
 STEPS = 6
 
@@ -78,26 +79,59 @@ def test_sigterm_saves_and_the_same_command_resumes_identically(uncut, small_toy
 
     def add_then_preempt(self, step, stage, values):
         add(self, step, stage, values)
-        if step == 2:  # a real SIGTERM, delivered mid-run to the trainer's own handler
+        if step == 3:  # a real SIGTERM, delivered mid-run to the trainer's own handler
             signal.raise_signal(signal.SIGTERM)
 
     monkeypatch.setattr(loop.PendingMetrics, "add", add_then_preempt)
-    cut = train_tiny(tmp_path, small_toyworld)
+    cut = train_tiny(tmp_path, small_toyworld, log_every=2)
     assert (cut.step, cut.preempted) == (3, True)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
     monkeypatch.setattr(loop.PendingMetrics, "add", add)
     resumed = train_tiny(tmp_path, small_toyworld)
     assert (resumed.step, resumed.preempted) == (STEPS, False)
-    assert losses(str(tmp_path)) == losses(uncut)
+    # The cut run logged every 2 steps (step 2's row is the mean of steps 1 and 2); SIGTERM logged step 3.
+    cut_losses, expected = losses(str(tmp_path)), losses(uncut)
+    assert sorted(cut_losses) == list(range(2, STEPS + 1))
+    np.testing.assert_allclose(cut_losses.pop(2), (expected.pop(1) + expected.pop(2)) / 2, rtol=1e-6)
+    assert cut_losses == expected
     jax.tree.map(np.testing.assert_array_equal, final_params(uncut), final_params(str(tmp_path)))
 
 
-def test_non_finite_loss_stops_with_its_step_and_writes_no_checkpoint(small_toyworld, tmp_path):
+def test_exploding_run_stops_with_its_step_and_writes_no_checkpoint(small_toyworld, tmp_path):
     exploding = functools.partial(optimizers.create_optimizer, learning_rate=1e30, max_grad_norm=None)
-    with pytest.raises(FloatingPointError, match=r"loss is (nan|inf) at step \d"):
+    with pytest.raises(FloatingPointError, match=r"(loss|grad_norm) is (nan|inf) at step [1-9]"):
         train_tiny(tmp_path, small_toyworld, create_optimizer=exploding)
     assert not os.listdir(os.path.join(tmp_path, "checkpoints"))
     assert not os.path.exists(os.path.join(tmp_path, "best"))
+
+
+# An infinite loss with a finite gradient; a finite loss whose gradient, d/dx sqrt(x) at 0, is infinite and
+# would turn every parameter NaN.
+BROKEN_LOSSES = {"loss": lambda loss, scale: loss + jnp.inf,
+                 "grad_norm": lambda loss, scale: loss + jnp.sqrt(scale - scale).sum()}
+
+
+@pytest.mark.parametrize("metric", sorted(BROKEN_LOSSES))
+def test_non_finite_loss_or_gradient_stops_at_its_step(metric, small_toyworld, tmp_path, monkeypatch):
+    sft_loss = trainer.losses.sft_loss
+
+    def broken_loss(model, batch, dropout_rng):
+        loss, values = sft_loss(model, batch, dropout_rng)
+        return BROKEN_LOSSES[metric](loss, model.encoder.final_layer_norm.scale[...]), values
+
+    monkeypatch.setattr(trainer.losses, "sft_loss", broken_loss)
+    with pytest.raises(FloatingPointError, match=rf"{metric} is (nan|inf) at step 1 \(stage recall\)"):
+        train_tiny(tmp_path, small_toyworld)
+    assert not os.listdir(os.path.join(tmp_path, "checkpoints"))
+    assert not os.path.exists(os.path.join(tmp_path, "best"))
+
+
+def test_a_best_model_cut_between_its_renames_is_put_back(tmp_path):
+    os.makedirs(tmp_path / "best.previous")
+    (tmp_path / "best.previous" / "best.json").write_text('{"step": 4}')
+    checkpointing.TrainCheckpoints(str(tmp_path), keep=2).close()
+    assert json.loads((tmp_path / "best" / "best.json").read_text()) == {"step": 4}
+    assert not os.path.exists(tmp_path / "best.previous")
 
 
 SHARDED_SCRIPT = """
@@ -163,14 +197,40 @@ def test_evaluate_command_by_gin_is_the_same_evaluation(uncut, small_toyworld, t
 
 
 TWO_PROCESS_SCRIPT = """
-import os, sys
+import os, signal, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 from tinythinker_jax import cli
+from tinythinker_jax.training import loop
+if sys.argv[2] == "1" and {sigterm_at_step}:  # a SIGTERM to process 1 only
+    add = loop.PendingMetrics.add
+
+    def add_then_preempt(self, step, stage, values):
+        add(self, step, stage, values)
+        if step == {sigterm_at_step}:
+            signal.raise_signal(signal.SIGTERM)
+
+    loop.PendingMetrics.add = add_then_preempt
 sys.exit(cli.main({argv!r} + ["--num_processes", "2", "--coordinator_address", "127.0.0.1:" + sys.argv[1],
                               "--process_id", sys.argv[2]]))
 """
+
+
+def run_two_processes(argv, sigterm_at_step=0):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    script = TWO_PROCESS_SCRIPT.format(argv=argv, sigterm_at_step=sigterm_at_step)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    processes = [subprocess.Popen([sys.executable, "-c", script, port, str(i)], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
 
 
 def pipeline_argv(model_dir, data_dir):
@@ -187,17 +247,12 @@ def pipeline_argv(model_dir, data_dir):
 
 def test_pipeline_on_two_processes_matches_one(uncut, small_toyworld, tmp_path):
     """The pipeline's SFT phase on two local processes with 4 fake CPU devices each (JAX's CPU collectives),
-    each feeding its own rows, against the same training in one process."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
-    script = TWO_PROCESS_SCRIPT.format(argv=pipeline_argv(tmp_path, small_toyworld))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    processes = [subprocess.Popen([sys.executable, "-c", script, port, str(i)], env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outputs = [p.communicate(timeout=600)[0] for p in processes]
-    assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    each feeding its own rows, against the same training in one process; cut first by a SIGTERM that only
+    one process gets (both must save the same step together), then resumed."""
     sft_dir = str(tmp_path / "sft")
+    run_two_processes(pipeline_argv(tmp_path, small_toyworld), sigterm_at_step=2)
+    assert sorted(os.listdir(os.path.join(sft_dir, "checkpoints"))) == ["2"]
+    run_two_processes(pipeline_argv(tmp_path, small_toyworld))
     expected, actual = losses(uncut), losses(sft_dir)
     assert sorted(actual) == sorted(expected)
     np.testing.assert_allclose([actual[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)], rtol=2e-5)

@@ -25,6 +25,8 @@ BEST_INFO = "best.json"
 
 class TrainCheckpoints:
     def __init__(self, model_dir: str, keep: int):
+        if jax.process_index() == 0:
+            _restore_interrupted_best(model_dir)
         self.manager = ocp.CheckpointManager(
             os.path.join(os.path.abspath(model_dir), "checkpoints"),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
@@ -81,6 +83,14 @@ def save_best(model_dir: str, params: Any, config: T5Config, vocab_path: str, in
         os.rename(best_dir(model_dir), previous)
     os.rename(staging, best_dir(model_dir))
     shutil.rmtree(previous, ignore_errors=True)
+
+
+def _restore_interrupted_best(model_dir: str) -> None:
+    """A process that died between `save_best`'s two renames left the old best model as best.previous and
+    no best/: it is put back, and the resumed run, whose checkpoint records that model's accuracy, goes on."""
+    previous = os.path.join(model_dir, f"{BEST_DIR}.previous")
+    if os.path.isdir(previous) and not os.path.exists(best_dir(model_dir)):
+        os.rename(previous, best_dir(model_dir))
 
 
 def sync_processes(name: str) -> None:

@@ -2,9 +2,10 @@
 best model kept, Orbax checkpoints, SIGTERM handling.
 
 One jitted, buffer-donating step per batch; metrics leave the device only every `log_every` steps (and a
-non-finite loss is caught there, before any checkpoint can be written); validation runs at every
-`eval_every` steps and at the end; SIGTERM saves and exits at a step boundary, and the same command
-resumes at the same step and the same next batch.
+non-finite loss or gradient norm is caught there, before any checkpoint can be written); validation runs
+at every `eval_every` steps and at the end; SIGTERM saves and exits at a step boundary (with several
+processes, the next log step, in all of them), and the same command resumes at the same step and the same
+next batch.
 """
 
 import dataclasses
@@ -33,7 +34,7 @@ class TrainResult:
 
 
 class Preemption:
-    """Turns SIGTERM into a request to save and stop at the next step boundary."""
+    """Turns SIGTERM into a request to save and stop at a step boundary every process agrees on."""
 
     def __init__(self):
         self.requested = False
@@ -42,6 +43,17 @@ class Preemption:
     def _handle(self, signum, frame):
         del signum, frame
         self.requested = True
+
+    def stop_now(self, at_log_step: bool) -> bool:
+        """One process stops at once. Several stop together, since every save is collective: at a log step
+        (the same steps in every process), all of them when any was signalled."""
+        if jax.process_count() == 1:
+            return self.requested
+        if not at_log_step:
+            return False
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
 
     def close(self):
         signal.signal(signal.SIGTERM, self._previous)
@@ -55,18 +67,21 @@ class PendingMetrics:
         self.started = time.time()
 
     def add(self, step: int, stage: str, values: dict[str, jax.Array]) -> None:
+        """`step`: the number of steps done with this one, as metrics rows and checkpoints count them."""
         self.rows.append((step, stage, values))
 
     def flush(self, batch_size: int) -> dict[str, float]:
-        """Means of the pending steps' metrics (and loss per stage); raises on the first non-finite loss."""
+        """Means of the pending steps' metrics (and loss per stage); raises on the first non-finite loss or
+        gradient norm (a finite loss can still come with an infinite gradient, which makes the update NaN)."""
         if not self.rows:
             return {}
         fetched = jax.device_get([values for _, _, values in self.rows])
         for (step, stage, _), values in zip(self.rows, fetched):
-            if not math.isfinite(float(values["loss"])):
-                raise FloatingPointError(
-                    f"loss is {float(values['loss'])} at step {step} (stage {stage}): stopping without "
-                    "saving; the last checkpoint in its checkpoints/ directory holds the last good state")
+            for name in ("loss", "grad_norm"):
+                if not math.isfinite(float(values[name])):
+                    raise FloatingPointError(
+                        f"{name} is {float(values[name])} at step {step} (stage {stage}): stopping without "
+                        "saving; the last checkpoint in its checkpoints/ directory holds the last good state")
         elapsed = max(time.time() - self.started, 1e-9)
         summary = {name: float(np.mean([v[name] for v in fetched])) for name in fetched[0] if name != "tokens"}
         summary["examples_per_second"] = batch_size * len(fetched) / elapsed
@@ -140,23 +155,31 @@ class Loop:
             return accuracy
 
         pending = PendingMetrics()
+
+        def log(step_now: int) -> dict[str, float]:
+            summary = pending.flush(self.batch_size)
+            if summary:
+                summary["learning_rate"] = float(self.optimizer.learning_rate(step_now - 1))
+                writer.write(step_now, summary)
+            return summary
+
         rng_key = jax.random.wrap_key_data(rng)
         progress = tqdm(total=self.total_steps, initial=step, desc=self.name, unit="step",
                         disable=jax.process_index() != 0, dynamic_ncols=True)
-        while step < self.total_steps and not preemption.requested:
+        stop = False
+        while step < self.total_steps and not stop:
             draw, data_state = self.blocks.next(data_state)
             local = self.streams[draw.stream].batch(draw.epoch, draw.batch_index, jax.process_index(),
                                                     jax.process_count())
             params, opt_state, values = train_step(
                 params, opt_state, global_batch(local, self.mesh, self.rules), step, rng_key)
-            pending.add(step, draw.stream, values)
             step += 1
+            pending.add(step, draw.stream, values)
             progress.update(1)
             boundary = step % self.eval_every == 0 or step == self.total_steps
-            if step % self.log_every == 0 or boundary:
-                summary = pending.flush(self.batch_size)
-                summary["learning_rate"] = float(self.optimizer.learning_rate(step - 1))
-                writer.write(step, summary)
+            at_log_step = step % self.log_every == 0 or boundary
+            if at_log_step:
+                summary = log(step)
                 progress.set_postfix(stage=draw.stream, loss=f"{summary['loss']:.3f}",
                                      ex_s=f"{summary['examples_per_second']:.0f}")
             if boundary:
@@ -164,9 +187,10 @@ class Loop:
                 progress.write(f"{self.name} step {step}: validation accuracy {accuracy:.3f} "
                                f"(best {best['accuracy']:.3f} at step {best['step']})")
                 save(step)
-        preempted = preemption.requested and step < self.total_steps
+            stop = preemption.stop_now(at_log_step)
+        preempted = stop and step < self.total_steps
         if preempted:
-            pending.flush(self.batch_size)
+            log(step)
             save(step)
             progress.write(f"SIGTERM: saved step {step} to {self.model_dir}; run the same command to resume.")
         progress.close()
