@@ -105,22 +105,17 @@ def test_exploding_run_stops_with_its_step_and_writes_no_checkpoint(small_toywor
     assert not os.path.exists(os.path.join(tmp_path, "best"))
 
 
-# An infinite loss with a finite gradient; a finite loss whose gradient, d/dx sqrt(x) at 0, is infinite and
-# would turn every parameter NaN.
-BROKEN_LOSSES = {"loss": lambda loss, scale: loss + jnp.inf,
-                 "grad_norm": lambda loss, scale: loss + jnp.sqrt(scale - scale).sum()}
-
-
-@pytest.mark.parametrize("metric", sorted(BROKEN_LOSSES))
-def test_non_finite_loss_or_gradient_stops_at_its_step(metric, small_toyworld, tmp_path, monkeypatch):
+def test_non_finite_gradient_with_a_finite_loss_stops_at_its_step(small_toyworld, tmp_path, monkeypatch):
+    """d/dx sqrt(x) at 0 is infinite: the loss stays finite while the update would turn every parameter NaN."""
     sft_loss = trainer.losses.sft_loss
 
-    def broken_loss(model, batch, dropout_rng):
+    def loss_with_infinite_gradient(model, batch, dropout_rng):
         loss, values = sft_loss(model, batch, dropout_rng)
-        return BROKEN_LOSSES[metric](loss, model.encoder.final_layer_norm.scale[...]), values
+        scale = model.encoder.final_layer_norm.scale[...]
+        return loss + jnp.sqrt(scale - scale).sum(), values
 
-    monkeypatch.setattr(trainer.losses, "sft_loss", broken_loss)
-    with pytest.raises(FloatingPointError, match=rf"{metric} is (nan|inf) at step 1 \(stage recall\)"):
+    monkeypatch.setattr(trainer.losses, "sft_loss", loss_with_infinite_gradient)
+    with pytest.raises(FloatingPointError, match=r"grad_norm is (nan|inf) at step 1 \(stage recall\)"):
         train_tiny(tmp_path, small_toyworld)
     assert not os.listdir(os.path.join(tmp_path, "checkpoints"))
     assert not os.path.exists(os.path.join(tmp_path, "best"))
