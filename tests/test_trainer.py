@@ -192,31 +192,32 @@ def test_evaluate_command_by_gin_is_the_same_evaluation(uncut, small_toyworld, t
 
 
 TWO_PROCESS_SCRIPT = """
-import os, signal, sys
+import os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 from tinythinker_jax import cli
-from tinythinker_jax.training import loop
-if sys.argv[2] == "1" and {sigterm_at_step}:  # a SIGTERM to process 1 only
-    add = loop.PendingMetrics.add
-
-    def add_then_preempt(self, step, stage, values):
-        add(self, step, stage, values)
-        if step == {sigterm_at_step}:
-            signal.raise_signal(signal.SIGTERM)
-
-    loop.PendingMetrics.add = add_then_preempt
 sys.exit(cli.main({argv!r} + ["--num_processes", "2", "--coordinator_address", "127.0.0.1:" + sys.argv[1],
                               "--process_id", sys.argv[2]]))
 """
 
+PREEMPTION_SCRIPT = """
+import signal, sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize("127.0.0.1:" + sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from tinythinker_jax.training import loop
+preemption = loop.Preemption()
+if jax.process_index() == 1:
+    signal.raise_signal(signal.SIGTERM)
+print("STOP", preemption.stop_now(at_log_step=False), preemption.stop_now(at_log_step=True))
+"""
 
-def run_two_processes(argv, sigterm_at_step=0):
+
+def run_two_processes(script):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = str(probe.getsockname()[1])
-    script = TWO_PROCESS_SCRIPT.format(argv=argv, sigterm_at_step=sigterm_at_step)
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     processes = [subprocess.Popen([sys.executable, "-c", script, port, str(i)], env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True) for i in range(2)]
@@ -226,6 +227,13 @@ def run_two_processes(argv, sigterm_at_step=0):
         for p in processes:
             p.kill()
     assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    return outputs
+
+
+def test_a_sigterm_to_one_process_stops_every_process_at_the_next_log_step():
+    """Every save is collective: a process that stopped alone would leave the others waiting forever."""
+    outputs = run_two_processes(PREEMPTION_SCRIPT)
+    assert [output.split("STOP ", 1)[1].split() for output in outputs] == [["False", "True"]] * 2
 
 
 def pipeline_argv(model_dir, data_dir):
@@ -242,12 +250,9 @@ def pipeline_argv(model_dir, data_dir):
 
 def test_pipeline_on_two_processes_matches_one(uncut, small_toyworld, tmp_path):
     """The pipeline's SFT phase on two local processes with 4 fake CPU devices each (JAX's CPU collectives),
-    each feeding its own rows, against the same training in one process; cut first by a SIGTERM that only
-    one process gets (both must save the same step together), then resumed."""
+    each feeding its own rows, against the same training in one process."""
     sft_dir = str(tmp_path / "sft")
-    run_two_processes(pipeline_argv(tmp_path, small_toyworld), sigterm_at_step=2)
-    assert sorted(os.listdir(os.path.join(sft_dir, "checkpoints"))) == ["2"]
-    run_two_processes(pipeline_argv(tmp_path, small_toyworld))
+    run_two_processes(TWO_PROCESS_SCRIPT.format(argv=pipeline_argv(tmp_path, small_toyworld)))
     expected, actual = losses(uncut), losses(sft_dir)
     assert sorted(actual) == sorted(expected)
     np.testing.assert_allclose([actual[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)], rtol=2e-5)
