@@ -152,11 +152,12 @@ def test_chain_runner_gives_each_sampled_request_its_own_sample(converted, vocab
 
 
 @one_flavour
-def test_top_k_1_and_tiny_top_p_are_greedy(converted):
+def test_top_k_1_tiny_top_p_and_tiny_temperature_are_greedy(converted):
     _, model = converted
     inputs = _inputs(model.config.vocab_size)
     greedy = decoding.generate(model, inputs, max_decode_length=MAX_DECODE_LENGTH).tokens
-    for sampling in (decoding.SamplingConfig(temperature=1.5, top_k=1), decoding.SamplingConfig(1.5, top_p=1e-6)):
+    for sampling in (decoding.SamplingConfig(temperature=1.5, top_k=1), decoding.SamplingConfig(1.5, top_p=1e-6),
+                     decoding.SamplingConfig(temperature=1e-12, top_p=0.9)):
         sampled = decoding.generate(model, inputs, max_decode_length=MAX_DECODE_LENGTH, sampling=sampling).tokens
         np.testing.assert_array_equal(sampled, greedy)
 
@@ -187,6 +188,7 @@ def test_one_compilation_per_shape_bucket(converted):
     # Batches of 3 and 4, input lengths 12 and 11, 7 and 8 steps: all the same buckets.
     decoding.generate(model, inputs[4:8], max_decode_length=8)
     decoding.generate(model, [inputs[0][:11]] * 3, max_decode_length=7)
+    decoding.generate(model, inputs[:3], max_decode_length=np.int64(7), eos_id=np.int64(model.config.eos_id))
     assert decoding._jitted_decode._cache_size() == compiled
 
 

@@ -73,7 +73,9 @@ def _nucleus(probs: jax.Array, top_p: float) -> jax.Array:
 def _candidates(logits: jax.Array, sampling: SamplingConfig) -> tuple[jax.Array, jax.Array | None]:
     """What sampling draws from: tempered logits, -inf outside the nucleus; with top-k only the k likeliest
     tokens, and their ids. Temperature, top-k, top-p, in the order `transformers` applies them."""
-    logits = logits / sampling.temperature
+    # Shifted so the largest logit is 0: a tiny temperature then sends the rest to -inf, never the best
+    # one to +inf, whose softmax would be NaN.
+    logits = (logits - jnp.max(logits, axis=-1, keepdims=True)) / sampling.temperature
     ids = None
     if sampling.top_k:
         logits, ids = jax.lax.top_k(logits, sampling.top_k)
@@ -179,6 +181,8 @@ def generate(
     graphdef, state = nnx.split(model)
     rng = jax.random.key(seed)
     cache_length = batching.bucket_length(max_decode_length)
+    # One argument type whatever integer type the caller passes, so no call compiles a second time.
+    eos_id = np.int32(model.config.eos_id if eos_id is None else eos_id)
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
     tokens = np.zeros((len(inputs), num_decodes, max_decode_length), np.int32)
     log_likelihood = np.zeros((len(inputs), num_decodes), np.float32)
@@ -188,9 +192,8 @@ def generate(
         example_ids = np.full(encoder_input_tokens.shape[0], -1, np.int32)
         example_ids[: len(chunk)] = chunk
         result = _jitted_decode(
-            graphdef, state, encoder_input_tokens, rng, example_ids, max_decode_length,
-            model.config.eos_id if eos_id is None else eos_id, cache_length=cache_length, sampling=sampling,
-            num_decodes=num_decodes,
+            graphdef, state, encoder_input_tokens, rng, example_ids, np.int32(max_decode_length), eos_id,
+            cache_length=cache_length, sampling=sampling, num_decodes=num_decodes,
         )
         tokens[chunk] = partitioning.to_host(result.tokens)[: len(chunk), :, :max_decode_length]
         log_likelihood[chunk] = partitioning.to_host(result.log_likelihood)[: len(chunk)]
