@@ -12,7 +12,6 @@ import json
 import os
 
 import gin
-import pytest
 
 from tinythinker_jax import cli
 from tinythinker_jax.data import prepare
@@ -22,7 +21,6 @@ CHANCE = 0.5
 REQUIRED = 0.8
 
 
-@pytest.mark.longest
 def test_sft_learns_the_toy_world_far_above_chance(tmp_path):
     data_dir = str(tmp_path / "toyworld_yesno")
     prepare.ensure_prepared("toyworld_yesno", data_dir)
