@@ -151,6 +151,18 @@ def test_recall_and_analyze_pairs_train_in_blocks(sft_model_dir, prepared_toywor
     assert result.best_step in (5, 10)
 
 
+def test_an_unfinished_previous_iteration_and_iteration_0_are_refused(sft_model_dir, tmp_path, monkeypatch):
+    """Iteration 1 cut after its first round has a best/ already, which is not M(1): iteration 2 must not start."""
+    model_dir = str(tmp_path)
+    shutil.copytree(os.path.join(iteration.sft_dir(sft_model_dir), "best"),
+                    os.path.join(iteration.iteration_dir(model_dir, 1), "best"))
+    monkeypatch.setattr(trainer, "setup_data", lambda *a, **k: pytest.fail("iteration 2 started from a partial M(1)"))
+    with pytest.raises(FileNotFoundError, match="iteration 1 is not finished"):
+        run(model_dir, None, iteration=2)
+    with pytest.raises(ValueError, match="ITERATION is 0; iterations count from 1"):
+        run(model_dir, None, iteration=0)
+
+
 def test_bad_pair_file_names_line_and_field(tmp_path):
     path = str(tmp_path / "recall_pairs_scored.jsonl")
     records.write_jsonl(path, [{"id": "q", "prompt": "p", "chosen": "a", "rejected": "b",

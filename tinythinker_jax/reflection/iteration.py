@@ -115,6 +115,8 @@ def run_iteration(
     questions only (the paper uses all)."""
     if stage_type not in STAGE_TYPES:
         raise ValueError(f"unknown reflection stage type {stage_type!r}; expected one of {sorted(STAGE_TYPES)}")
+    if iteration < 1:
+        raise ValueError(f"ITERATION is {iteration}; iterations count from 1 (iteration 1 starts from phase 1)")
     locations.require_local(model_dir)
     out_dir = iteration_dir(model_dir, iteration)
     done = read_marker(os.path.join(out_dir, "done.json"))
@@ -124,6 +126,10 @@ def run_iteration(
     if not os.path.exists(os.path.join(reference_path, "t5_config.json")):
         raise FileNotFoundError(f"iteration {iteration} starts from {reference_path}, which does not exist: "
                                 f"run {'phase 1' if iteration == 1 else f'iteration {iteration - 1}'} first")
+    # An interrupted iteration already has a best/ (its best round so far), which is not M(i-1) yet.
+    if iteration > 1 and read_marker(os.path.join(iteration_dir(model_dir, iteration - 1), "done.json")) is None:
+        raise FileNotFoundError(f"iteration {iteration - 1} is not finished (no done.json), so {reference_path} "
+                                f"is not M({iteration - 1}) yet: run iteration {iteration - 1} again to finish it")
     dataset, chain_type, vocabulary = trainer.setup_data(mixture_or_task_name, data_dir, vocabulary_path, model_config)
     data_dir = data_dir or locations.dataset_dir(dataset)
     model_config = model_config.replace(dropout_rate=0.0)
