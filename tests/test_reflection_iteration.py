@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from tinythinker_jax import chains
 from tinythinker_jax.data import records
 from tinythinker_jax.models import checkpoints, scoring
 from tinythinker_jax.models import t5
@@ -66,7 +67,8 @@ def test_iteration_writes_pairs_scores_and_the_best_model(first_run):
     model_dir, result = first_run
     out = iteration.iteration_dir(model_dir, 1)
     pairs_dir = os.path.join(out, "pairs")
-    assert sorted(os.listdir(os.path.join(pairs_dir, "chunks"))) == ["00000.jsonl", "00001.jsonl"]  # 6 questions / 4
+    # 6 questions in chunks of 4, and the settings that sampled them
+    assert sorted(os.listdir(os.path.join(pairs_dir, "chunks"))) == ["00000.jsonl", "00001.jsonl", "settings.json"]
     counts = json.load(open(os.path.join(pairs_dir, "counts.json")))
     assert counts["questions"] == 6 and result.pairs == {"recall": counts["recall"], "analyze": counts["analyze"]}
     # The random student never states an option, so every sampled recall is rejected and the teacher's
@@ -161,6 +163,30 @@ def test_an_unfinished_previous_iteration_and_iteration_0_are_refused(sft_model_
         run(model_dir, None, iteration=2)
     with pytest.raises(ValueError, match="ITERATION is 0; iterations count from 1"):
         run(model_dir, None, iteration=0)
+
+
+def test_finished_chunks_are_reused_only_under_their_settings(tmp_path, monkeypatch):
+    """A resumed generation reuses its finished chunks; under other settings it stops rather than mix stale
+    chunks (here a 2-question last chunk would pass for a finished one) into the pairs."""
+    questions = [records.make_question(f"q{i}", f"Question {i}?", [("A", "yes"), ("B", "no")], "A") for i in range(4)]
+    sampled = []
+
+    def sample_chunk(model, vocabulary, chunk, *args):
+        sampled.append([question.id for question in chunk])
+        return [{"stage": "recall", "id": q.id, "prompt": "p", "chosen": "c", "rejected": "r"} for q in chunk]
+
+    def generate(questions, settings=sampling.SamplingSettings(num_samples=2, chunk_size=2), seed=0):
+        return sampling.generate_pairs(None, None, questions, {}, str(tmp_path), chains.ChainSettings(), settings,
+                                       seed)
+
+    monkeypatch.setattr(sampling, "sample_chunk", sample_chunk)
+    assert generate(questions[:3]) == generate(questions[:3]) == {"recall": 3, "analyze": 0}
+    assert sampled == [["q0", "q1"], ["q2"]]  # the second call reused both chunks
+    for changed in ({"questions": questions}, {"questions": questions[:3], "seed": 1},
+                    {"questions": questions[:3], "settings": sampling.SamplingSettings(num_samples=3, chunk_size=2)}):
+        with pytest.raises(ValueError, match="sampled under other settings"):
+            generate(**changed)
+    assert len(sampled) == 2
 
 
 def test_bad_pair_file_names_line_and_field(tmp_path):

@@ -4,6 +4,7 @@ them by DPO+RPO, and the best model by validation accuracy becomes M(i).
     MODEL_DIR/sft/best                                   M(0), phase 1's best model
     MODEL_DIR/reflect/iteration_<i>/
         pairs/chunks/<k>.jsonl                           sampled rows, one file per chunk of questions
+        pairs/chunks/settings.json                       what sampled them; other settings stop a resume
         pairs/{recall,analyze}_pairs.jsonl, counts.json  "generate" is done when counts.json exists
         pairs/*_pairs_scored.jsonl, scored.json          "score" is done when scored.json exists
         checkpoints/, metrics.jsonl, tensorboard/        "train", resumable at any step

@@ -7,6 +7,7 @@ seed, the chunk and the question id, so a resumed run writes exactly what an uni
 """
 
 import dataclasses
+import json
 import os
 import random
 import zlib
@@ -15,7 +16,7 @@ from typing import Mapping, Sequence
 from tqdm import tqdm
 
 from tinythinker_jax import chains
-from tinythinker_jax.data.records import Question, Rationale, iter_json_lines, write_jsonl
+from tinythinker_jax.data.records import Question, Rationale, iter_json_lines, write_json, write_jsonl
 from tinythinker_jax.models import decoding
 from tinythinker_jax.reflection import pairs
 
@@ -71,6 +72,21 @@ def pairs_path(out_dir: str, stage: str, scored: bool = False) -> str:
     return os.path.join(out_dir, f"{stage}_pairs{'_scored' if scored else ''}.jsonl")
 
 
+def _check_chunk_settings(chunk_dir: str, sampled_with: dict, write: bool) -> None:
+    """Finished chunks are reused only under the settings that sampled them: after a change of questions,
+    chunk size, seed or sampling settings they would be stale, and a short last chunk would pass as complete."""
+    path = os.path.join(chunk_dir, "settings.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            recorded = json.load(f)
+        changed = {key: (recorded.get(key), value) for key, value in sampled_with.items() if recorded.get(key) != value}
+        if changed:
+            raise ValueError(f"{path}: the finished chunks beside it were sampled under other settings "
+                             f"(field: then, now): {changed}; restore them, or delete {chunk_dir} to sample again")
+    elif write:
+        write_json(path, sampled_with)
+
+
 def generate_pairs(model, vocabulary, questions: Sequence[Question], teacher: Mapping[str, Sequence[Rationale]],
                    out_dir: str, chain_settings: chains.ChainSettings, settings: SamplingSettings,
                    seed: int, write: bool = True) -> dict[str, int]:
@@ -80,6 +96,10 @@ def generate_pairs(model, vocabulary, questions: Sequence[Question], teacher: Ma
     but the first) computes the same chunks without writing them.
     """
     chunk_dir = os.path.join(out_dir, "chunks")
+    _check_chunk_settings(chunk_dir, {
+        "questions": len(questions), "question_ids_crc32": _seed(*(question.id for question in questions)),
+        "seed": seed, "sampling": dataclasses.asdict(settings), "chains": dataclasses.asdict(chain_settings),
+    }, write)
     starts = range(0, len(questions), settings.chunk_size)
     rows: list[dict] = []
     with tqdm(total=len(questions), desc="sampling chains", unit="question", disable=not write) as progress:
