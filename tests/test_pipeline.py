@@ -6,9 +6,11 @@ import os
 import signal
 
 import gin
+import jax
 import pytest
 
-from tinythinker_jax import cli, evaluation, pipeline
+from tinythinker_jax import chains, cli, evaluation, pipeline
+from tinythinker_jax.data import records
 from tinythinker_jax.models import t5
 from tinythinker_jax.reflection import data as pair_data
 from tinythinker_jax.reflection import iteration, sampling
@@ -86,4 +88,17 @@ def test_a_url_model_dir_is_refused_before_any_work(entry, tmp_path, monkeypatch
     }[entry]
     with pytest.raises(ValueError, match="MODEL_DIR 'gs://bucket/run' is a URL; mount the bucket"):
         run()
+    assert os.listdir(tmp_path) == []
+
+
+def test_only_the_first_process_writes_an_evaluation(tmp_path, monkeypatch):
+    """Every process evaluates the test split (the same result); the others write nothing to the shared run."""
+    question = records.make_question("q", "Is it?", [("A", "yes"), ("B", "no")], "A")
+
+    class Runner:
+        def run(self, questions, stage_type, num_chains, seed):
+            return [[chains.Chain(None, None, "So the answer is option A.", "A")] for _ in questions]
+
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    assert evaluation.evaluate(Runner(), [question], str(tmp_path), split="test").accuracy == 1.0
     assert os.listdir(tmp_path) == []

@@ -4,6 +4,8 @@ import dataclasses
 import os
 from typing import Optional, Sequence
 
+import jax
+
 from tinythinker_jax import chains
 from tinythinker_jax.data.records import Question, write_json, write_jsonl
 from tinythinker_jax.models import decoding
@@ -22,7 +24,10 @@ def evaluate(
     num_chains: int = 1, seed: int = 0, extra_summary: Optional[dict] = None,
 ) -> EvaluationResult:
     """Runs `num_chains` chains per question (majority vote when more than one) and writes
-    `predictions_<split>.jsonl` (every generated recall, analysis and summary) and `summary_<split>.json`."""
+    `predictions_<split>.jsonl` (every generated recall, analysis and summary) and `summary_<split>.json`.
+
+    Every process of a multi-host run computes the same result; only the first writes it, since the
+    others' temporary files could share its name (a process id) on a shared file system."""
     per_question = runner.run(questions, stage_type, num_chains=num_chains, seed=seed)
     predictions = [chains.vote(question_chains) for question_chains in per_question]
     rows = [
@@ -36,11 +41,12 @@ def evaluate(
     accuracy = chains.accuracy(questions, predictions)
     predictions_path = os.path.join(out_dir, f"predictions_{split}.jsonl")
     summary_path = os.path.join(out_dir, f"summary_{split}.json")
-    write_jsonl(predictions_path, rows)
-    write_json(summary_path, {
-        "split": split, "stage_type": stage_type, "num_questions": len(questions), "num_chains": num_chains,
-        "accuracy": accuracy, **(extra_summary or {}),
-    })
+    if jax.process_index() == 0:
+        write_jsonl(predictions_path, rows)
+        write_json(summary_path, {
+            "split": split, "stage_type": stage_type, "num_questions": len(questions), "num_chains": num_chains,
+            "accuracy": accuracy, **(extra_summary or {}),
+        })
     return EvaluationResult(accuracy, len(questions), predictions_path, summary_path)
 
 

@@ -66,14 +66,16 @@ def _data_summary(data_dir: str, stage_type: str) -> dict:
 
 def _test_accuracy(checkpoint: str, out_dir: str, questions, settings: chains.ChainSettings, num_chains: int = 1,
                    seed: int = 0) -> float:
-    """The checkpoint's accuracy on the test questions (a vote when `num_chains` > 1); computed once."""
-    summary = os.path.join(out_dir, "summary_test.json")
-    if not os.path.exists(summary):
-        runner = chains.ChainRunner(checkpoints.load_model(checkpoint), checkpoints.load_vocabulary(checkpoint),
-                                    settings)
-        evaluation.evaluate(runner, questions, out_dir, split="test", num_chains=num_chains, seed=seed,
-                            extra_summary={"checkpoint": checkpoint})
-    return reflection.read_marker(summary)["accuracy"]
+    """The checkpoint's accuracy on the test questions (a vote when `num_chains` > 1); computed once.
+
+    The model is loaded whole on every process, so evaluation needs no other process and a process may
+    read a summary that another wrote in the meantime."""
+    summary = reflection.read_marker(os.path.join(out_dir, "summary_test.json"))
+    if summary is not None:
+        return summary["accuracy"]
+    runner = chains.ChainRunner(checkpoints.load_model(checkpoint), checkpoints.load_vocabulary(checkpoint), settings)
+    return evaluation.evaluate(runner, questions, out_dir, split="test", num_chains=num_chains, seed=seed,
+                               extra_summary={"checkpoint": checkpoint}).accuracy
 
 
 def run_pipeline(
