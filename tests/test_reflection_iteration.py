@@ -153,16 +153,18 @@ def test_recall_and_analyze_pairs_train_in_blocks(sft_model_dir, prepared_toywor
     assert result.best_step in (5, 10)
 
 
-def test_an_unfinished_previous_iteration_and_iteration_0_are_refused(sft_model_dir, tmp_path, monkeypatch):
-    """Iteration 1 cut after its first round has a best/ already, which is not M(1): iteration 2 must not start."""
-    model_dir = str(tmp_path)
-    shutil.copytree(os.path.join(iteration.sft_dir(sft_model_dir), "best"),
-                    os.path.join(iteration.iteration_dir(model_dir, 1), "best"))
-    monkeypatch.setattr(trainer, "setup_data", lambda *a, **k: pytest.fail("iteration 2 started from a partial M(1)"))
-    with pytest.raises(FileNotFoundError, match="iteration 1 is not finished"):
-        run(model_dir, None, iteration=2)
+def test_only_a_finished_previous_phase_is_the_reference(sft_model_dir, tmp_path, monkeypatch):
+    """A phase cut short already has a best/ (its best so far), which is not M(i-1): the next iteration
+    must not start from it."""
+    best = os.path.join(iteration.sft_dir(sft_model_dir), "best")
+    monkeypatch.setattr(trainer, "setup_data", lambda *a, **k: pytest.fail("started from a partial M(i-1)"))
+    for phase, next_iteration in (("phase 1", 1), ("iteration 1", 2)):
+        model_dir = str(tmp_path / f"before_iteration_{next_iteration}")
+        shutil.copytree(best, os.path.join(iteration.previous_dir(model_dir, next_iteration), "best"))
+        with pytest.raises(FileNotFoundError, match=f"but {phase} is not finished"):
+            run(model_dir, None, iteration=next_iteration)
     with pytest.raises(ValueError, match="ITERATION is 0; iterations count from 1"):
-        run(model_dir, None, iteration=0)
+        run(str(tmp_path), None, iteration=0)
 
 
 def test_finished_chunks_are_reused_only_under_their_settings(tmp_path, monkeypatch):

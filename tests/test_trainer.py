@@ -71,6 +71,7 @@ def test_run_writes_configs_metrics_checkpoint_and_best_model(uncut):
     assert sorted(losses(uncut)) == list(range(1, STEPS + 1))
     assert os.path.exists(os.path.join(uncut, "best", "t5_config.json"))
     assert json.load(open(os.path.join(uncut, "best", "best.json")))["step"] == STEPS
+    assert json.load(open(os.path.join(uncut, "done.json")))["best_step"] == STEPS
     assert os.path.isdir(os.path.join(uncut, "tensorboard", "train"))
 
 
@@ -85,6 +86,7 @@ def test_sigterm_saves_and_the_same_command_resumes_identically(uncut, small_toy
     monkeypatch.setattr(loop.PendingMetrics, "add", add_then_preempt)
     cut = train_tiny(tmp_path, small_toyworld, log_every=2)
     assert (cut.step, cut.preempted) == (3, True)
+    assert not os.path.exists(tmp_path / "done.json")  # its best model is not M(0) yet
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
     monkeypatch.setattr(loop.PendingMetrics, "add", add)
     resumed = train_tiny(tmp_path, small_toyworld)

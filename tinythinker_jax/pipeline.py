@@ -70,7 +70,7 @@ def _test_accuracy(checkpoint: str, out_dir: str, questions, settings: chains.Ch
 
     The model is loaded whole on every process, so evaluation needs no other process and a process may
     read a summary that another wrote in the meantime."""
-    summary = reflection.read_marker(os.path.join(out_dir, "summary_test.json"))
+    summary = checkpointing.read_marker(os.path.join(out_dir, "summary_test.json"))
     if summary is not None:
         return summary["accuracy"]
     runner = chains.ChainRunner(checkpoints.load_model(checkpoint), checkpoints.load_vocabulary(checkpoint), settings)
@@ -95,7 +95,7 @@ def run_pipeline(
     dataset, stage_type = tinythinker_tasks.parse_stage_mixture(mixture_or_task_name)
     data_dir = data_dir or locations.dataset_dir(dataset)
     path = os.path.join(model_dir, PIPELINE_JSON)
-    previous = reflection.read_marker(path) or {}
+    previous = checkpointing.read_marker(path) or {}
     state = {"config": _config_summary(mixture_or_task_name, iterations), "phases": [],
              "wall_seconds": previous.get("wall_seconds", 0.0)}
 
@@ -107,16 +107,12 @@ def run_pipeline(
                 report.write_report(model_dir)
 
     sft_dir = reflection.sft_dir(model_dir)
-    sft_done = reflection.read_marker(os.path.join(sft_dir, "done.json"))
-    if sft_done is None:
-        phase_started = time.time()
-        result = gin.get_configurable(trainer.train)(model_dir=sft_dir, data_dir=data_dir)
-        if result.preempted:
+    sft_done_path = os.path.join(sft_dir, checkpointing.DONE)
+    if checkpointing.read_marker(sft_done_path) is None:
+        if gin.get_configurable(trainer.train)(model_dir=sft_dir, data_dir=data_dir).preempted:
             save()
             return None
-        sft_done = {"validation_accuracy": result.best_accuracy, "best_step": result.best_step,
-                    "wall_seconds": time.time() - phase_started}
-        reflection.write_marker(os.path.join(sft_dir, "done.json"), sft_done)
+    sft_done = checkpointing.read_marker(sft_done_path)
     state["data"] = _data_summary(data_dir, stage_type)
     tinythinker_tasks.register_dataset(dataset, data_dir, checkpoints.vocab_path(checkpointing.best_dir(sft_dir)))
     test_questions = tinythinker_tasks.load_questions(dataset, "test")[:max_test_questions]

@@ -16,7 +16,6 @@ A step whose marker exists is never redone, so re-running the same command conti
 
 import dataclasses
 import functools
-import json
 import os
 import time
 from typing import Callable, Optional
@@ -31,6 +30,7 @@ from tinythinker_jax.models import t5
 from tinythinker_jax.reflection import data as pair_data
 from tinythinker_jax.reflection import losses, sampling
 from tinythinker_jax.training import checkpointing, loop, optimizers, schedule, streams, trainer
+from tinythinker_jax.training.checkpointing import read_marker, write_marker
 
 SFT = "sft"
 # Which pair sets DPO trains on (the paper's ablations); both are always generated, since analyze
@@ -46,24 +46,14 @@ def iteration_dir(model_dir: str, iteration: int) -> str:
     return os.path.join(model_dir, "reflect", f"iteration_{iteration}")
 
 
+def previous_dir(model_dir: str, iteration: int) -> str:
+    """Where M(iteration - 1) comes from: phase 1 for the first iteration, else the previous iteration."""
+    return sft_dir(model_dir) if iteration == 1 else iteration_dir(model_dir, iteration - 1)
+
+
 def reference_checkpoint(model_dir: str, iteration: int) -> str:
-    """M(iteration - 1): phase 1's best model for the first iteration, else the previous iteration's."""
-    previous = sft_dir(model_dir) if iteration == 1 else iteration_dir(model_dir, iteration - 1)
-    return checkpointing.best_dir(previous)
-
-
-def read_marker(path: str) -> Optional[dict]:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def write_marker(path: str, info: dict) -> None:
-    """Process 0 writes a step's marker; every process waits for it, so all agree the step is done."""
-    if jax.process_index() == 0:
-        records.write_json(path, info)
-    checkpointing.sync_processes(f"written {path}")
+    """M(iteration - 1), the best model of the previous phase."""
+    return checkpointing.best_dir(previous_dir(model_dir, iteration))
 
 
 def pair_blocks(counts: dict[str, int], stage_type: str, batch_size: int) -> tuple[tuple[str, int], ...]:
@@ -120,17 +110,17 @@ def run_iteration(
         raise ValueError(f"ITERATION is {iteration}; iterations count from 1 (iteration 1 starts from phase 1)")
     locations.require_local(model_dir)
     out_dir = iteration_dir(model_dir, iteration)
-    done = read_marker(os.path.join(out_dir, "done.json"))
+    done = read_marker(os.path.join(out_dir, checkpointing.DONE))
     if done is not None:
         return IterationResult(**done)
+    # An interrupted phase already has a best/ (its best model so far), which is not M(i-1) yet.
+    previous = previous_dir(model_dir, iteration)
+    if read_marker(os.path.join(previous, checkpointing.DONE)) is None:
+        phase = "phase 1" if iteration == 1 else f"iteration {iteration - 1}"
+        raise FileNotFoundError(f"iteration {iteration} starts from M({iteration - 1}), the best model of {phase}, "
+                                f"but {phase} is not finished (no {os.path.join(previous, checkpointing.DONE)}): "
+                                f"run {phase} first, or again to finish it")
     reference_path = reference_checkpoint(model_dir, iteration)
-    if not os.path.exists(os.path.join(reference_path, "t5_config.json")):
-        raise FileNotFoundError(f"iteration {iteration} starts from {reference_path}, which does not exist: "
-                                f"run {'phase 1' if iteration == 1 else f'iteration {iteration - 1}'} first")
-    # An interrupted iteration already has a best/ (its best round so far), which is not M(i-1) yet.
-    if iteration > 1 and read_marker(os.path.join(iteration_dir(model_dir, iteration - 1), "done.json")) is None:
-        raise FileNotFoundError(f"iteration {iteration - 1} is not finished (no done.json), so {reference_path} "
-                                f"is not M({iteration - 1}) yet: run iteration {iteration - 1} again to finish it")
     dataset, chain_type, vocabulary = trainer.setup_data(mixture_or_task_name, data_dir, vocabulary_path, model_config)
     data_dir = data_dir or locations.dataset_dir(dataset)
     model_config = model_config.replace(dropout_rate=0.0)
@@ -205,5 +195,5 @@ def run_iteration(
     outcome = IterationResult(iteration, result.best_accuracy, result.best_step,
                               {stage: counts[stage] for stage in sampling.PAIR_STAGES}, wall, result.preempted)
     if not result.preempted:
-        write_marker(os.path.join(out_dir, "done.json"), dataclasses.asdict(outcome))
+        write_marker(os.path.join(out_dir, checkpointing.DONE), dataclasses.asdict(outcome))
     return outcome

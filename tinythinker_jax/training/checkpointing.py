@@ -6,6 +6,7 @@
     MODEL_DIR/best/                 the best model by validation accuracy, as a model checkpoint
                                     (`tinythinker_jax.models.checkpoints`), plus best.json; replaced by
                                     renaming a complete directory, so it is always whole.
+    MODEL_DIR/done.json             the run finished (a marker, like every finished step of the pipeline)
 """
 
 import json
@@ -16,11 +17,13 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from tinythinker_jax.data import records
 from tinythinker_jax.models import checkpoints as model_checkpoints
 from tinythinker_jax.models.t5 import T5Config
 
 BEST_DIR = "best"
 BEST_INFO = "best.json"
+DONE = "done.json"
 
 
 class TrainCheckpoints:
@@ -91,6 +94,20 @@ def _restore_interrupted_best(model_dir: str) -> None:
     previous = os.path.join(model_dir, f"{BEST_DIR}.previous")
     if os.path.isdir(previous) and not os.path.exists(best_dir(model_dir)):
         os.rename(previous, best_dir(model_dir))
+
+
+def read_marker(path: str) -> dict[str, Any] | None:
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_marker(path: str, info: dict[str, Any]) -> None:
+    """Process 0 writes a step's marker; every process waits for it, so all agree the step is done."""
+    if jax.process_index() == 0:
+        records.write_json(path, info)
+    sync_processes(f"written {path}")
 
 
 def sync_processes(name: str) -> None:

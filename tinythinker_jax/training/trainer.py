@@ -7,6 +7,7 @@ it is judged (the full greedy chain on validation questions); `loop` runs it and
 import dataclasses
 import functools
 import os
+import time
 from typing import Callable, Optional
 
 import gin
@@ -88,8 +89,10 @@ def train(
 ) -> TrainResult:
     """Trains on `tinythinker.<dataset>.<stage_type>_stages`; `train_steps` (if set) overrides `epochs`.
 
-    Evaluation and checkpoints come every cycle of blocks (`eval_every` overrides) and at the end.
+    Evaluation and checkpoints come every cycle of blocks (`eval_every` overrides) and at the end; a
+    finished run writes `done.json` (its best model is then M(0) for self-reflection).
     """
+    started = time.time()
     locations.require_local(model_dir)
     dataset, stage_type, vocabulary = setup_data(mixture_or_task_name, data_dir, vocabulary_path, model_config)
     stage_streams = build_streams(dataset, stage_type, task_feature_lengths, batch_size, seed)
@@ -108,13 +111,18 @@ def train(
         _write_gin_configs(model_dir)
         validate = functools.partial(validation_accuracy, questions=validation, vocabulary=vocabulary,
                                      stage_type=stage_type, settings=chain_settings)
-        return loop.Loop(
+        result = loop.Loop(
             model_dir=model_dir, name="sft", model=model, model_config=model_config,
             vocab_path=vocabulary.sentencepiece_model_file, optimizer=create_optimizer(total_steps),
             loss_fn=losses.sft_loss, streams=stage_streams, blocks=blocks, total_steps=total_steps,
             eval_every=eval_every or blocks.cycle_steps, validate=validate, mesh=mesh, rules=rules,
             batch_size=batch_size, seed=seed, keep_checkpoints=keep_checkpoints, log_every=log_every,
         ).run()
+    done = os.path.join(model_dir, checkpointing.DONE)
+    if not result.preempted and checkpointing.read_marker(done) is None:
+        checkpointing.write_marker(done, {"validation_accuracy": result.best_accuracy, "best_step": result.best_step,
+                                          "wall_seconds": time.time() - started})
+    return result
 
 
 def validation_accuracy(model: t5.T5Transformer, *, questions, vocabulary, stage_type: str,
