@@ -7,7 +7,6 @@ seed, the chunk and the question id, so a resumed run writes exactly what an uni
 """
 
 import dataclasses
-import json
 import os
 import random
 import zlib
@@ -19,6 +18,7 @@ from tinythinker_jax import chains
 from tinythinker_jax.data.records import Question, Rationale, iter_json_lines, write_json, write_jsonl
 from tinythinker_jax.models import decoding
 from tinythinker_jax.reflection import pairs
+from tinythinker_jax.training.checkpointing import read_marker
 
 PAIR_STAGES = ("recall", "analyze")
 
@@ -76,9 +76,8 @@ def _check_chunk_settings(chunk_dir: str, sampled_with: dict, write: bool) -> No
     """Finished chunks are reused only under the settings that sampled them: after a change of questions,
     chunk size, seed or sampling settings they would be stale, and a short last chunk would pass as complete."""
     path = os.path.join(chunk_dir, "settings.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            recorded = json.load(f)
+    recorded = read_marker(path)
+    if recorded is not None:
         changed = {key: (recorded.get(key), value) for key, value in sampled_with.items() if recorded.get(key) != value}
         if changed:
             raise ValueError(f"{path}: the finished chunks beside it were sampled under other settings "
