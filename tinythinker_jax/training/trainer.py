@@ -94,6 +94,10 @@ def train(
     """
     started = time.time()
     locations.require_local(model_dir)
+    # Checked before training, when no process can have written it yet: checked after, a process that
+    # found process 0's fresh marker would skip the marker's collective write and leave the others waiting.
+    done = os.path.join(model_dir, checkpointing.DONE)
+    finished_before = checkpointing.read_marker(done) is not None
     dataset, stage_type, vocabulary = setup_data(mixture_or_task_name, data_dir, vocabulary_path, model_config)
     stage_streams = build_streams(dataset, stage_type, task_feature_lengths, batch_size, seed)
     num_options = benchmarks.get_benchmark(dataset).num_options
@@ -118,8 +122,7 @@ def train(
             eval_every=eval_every or blocks.cycle_steps, validate=validate, mesh=mesh, rules=rules,
             batch_size=batch_size, seed=seed, keep_checkpoints=keep_checkpoints, log_every=log_every,
         ).run()
-    done = os.path.join(model_dir, checkpointing.DONE)
-    if not result.preempted and checkpointing.read_marker(done) is None:
+    if not result.preempted and not finished_before:
         checkpointing.write_marker(done, {"validation_accuracy": result.best_accuracy, "best_step": result.best_step,
                                           "wall_seconds": time.time() - started})
     return result
