@@ -5,12 +5,11 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from processes import run_two_processes
 from tinythinker_jax import chains
 from tinythinker_jax.data import records
 from tinythinker_jax.models import checkpoints, scoring
@@ -199,31 +198,47 @@ def test_bad_pair_file_names_line_and_field(tmp_path):
         pair_data.read_pairs(path, scored=True)
 
 
-SHARDED_SCRIPT = """
-import json, os, shutil, sys
+TWO_PROCESS_SCRIPT = """
+import json, os, shutil, sys, time
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize("127.0.0.1:" + sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+from jax.experimental import multihost_utils
 sys.path.insert(0, {tests!r})
 from test_reflection_iteration import metrics, run
 from tinythinker_jax.reflection import iteration
-shutil.copytree(iteration.sft_dir({source!r}), iteration.sft_dir({target!r}))
-shutil.copytree(os.path.join(iteration.iteration_dir({source!r}, 1), "pairs"),
-                os.path.join(iteration.iteration_dir({target!r}, 1), "pairs"),
-                ignore=shutil.ignore_patterns("*scored*"))
+from tinythinker_jax.training import trainer
+if jax.process_index() == 0:
+    # The sampled chunks without what was made of them: generation only re-reads the chunks, which
+    # takes no collective, so process 0 writes counts.json while the slower process 1 is still on its way.
+    shutil.copytree(iteration.sft_dir({source!r}), iteration.sft_dir({target!r}))
+    shutil.copytree(os.path.join(iteration.iteration_dir({source!r}, 1), "pairs"),
+                    os.path.join(iteration.iteration_dir({target!r}, 1), "pairs"),
+                    ignore=shutil.ignore_patterns("*scored*", "*_pairs.jsonl", "counts.json"))
+else:
+    setup_data = trainer.setup_data
+    trainer.setup_data = lambda *args, **kwargs: (setup_data(*args, **kwargs), time.sleep(3))[0]
+multihost_utils.sync_global_devices("copied")
 run({target!r}, {data_dir!r}, mesh_data=4, mesh_model=2)
 print("LOSSES" + json.dumps([m["loss"] for m in metrics({target!r})]))
 """
 
 
-def test_sharded_scoring_and_training_match_one_device(first_run, prepared_toyworld, tmp_path):
-    """On a 4x2 mesh of 8 fake devices: the same reference scores and the same DPO losses."""
+def test_two_processes_on_a_sharded_mesh_match_one_device(first_run, prepared_toyworld, tmp_path):
+    """Two local processes with 4 fake devices each, as a 4x2 mesh: the same pairs, reference scores and
+    DPO losses as one device, with process 1 lagging behind process 0 (each process reads each step's
+    marker before any process can write it)."""
     model_dir, _ = first_run
     target = str(tmp_path / "sharded")
-    script = SHARDED_SCRIPT.format(tests=os.path.dirname(__file__), source=model_dir, target=target,
-                                   data_dir=prepared_toyworld)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    sharded = json.loads(result.stdout.split("LOSSES", 1)[1])
-    np.testing.assert_allclose(sharded, [m["loss"] for m in metrics(model_dir)], rtol=2e-5)
+    script = TWO_PROCESS_SCRIPT.format(tests=os.path.dirname(__file__), source=model_dir, target=target,
+                                       data_dir=prepared_toyworld)
+    outputs = run_two_processes(script, timeout=600)
+    for output in outputs:
+        sharded = json.loads(output.split("LOSSES", 1)[1].splitlines()[0])
+        np.testing.assert_allclose(sharded, [m["loss"] for m in metrics(model_dir)], rtol=2e-5)
+    pair_files = [os.path.join(iteration.iteration_dir(d, 1), "pairs", "recall_pairs.jsonl") for d in (model_dir, target)]
+    assert open(pair_files[0]).read() == open(pair_files[1]).read()
     scored = [pair_data.read_pairs(os.path.join(iteration.iteration_dir(d, 1), "pairs", "recall_pairs_scored.jsonl"),
                                    scored=True) for d in (model_dir, target)]
     np.testing.assert_allclose(*[[[r["reference_chosen"], r["reference_rejected"]] for r in rows] for rows in scored],

@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 
@@ -15,6 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from processes import run_two_processes
 from tinythinker_jax.data import locations
 from tinythinker_jax.models import checkpoints as model_checkpoints
 from tinythinker_jax.models import t5
@@ -219,22 +219,6 @@ if jax.process_index() == 1:
     signal.raise_signal(signal.SIGTERM)
 print("STOP", preemption.stop_now(at_log_step=False), preemption.stop_now(at_log_step=True))
 """
-
-
-def run_two_processes(script):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    processes = [subprocess.Popen([sys.executable, "-c", script, port, str(i)], env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    try:
-        outputs = [p.communicate(timeout=300)[0] for p in processes]
-    finally:
-        for p in processes:
-            p.kill()
-    assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
-    return outputs
 
 
 def test_a_sigterm_to_one_process_stops_every_process_at_the_next_log_step():

@@ -30,7 +30,7 @@ from tinythinker_jax.models import t5
 from tinythinker_jax.reflection import data as pair_data
 from tinythinker_jax.reflection import losses, sampling
 from tinythinker_jax.training import checkpointing, loop, optimizers, schedule, streams, trainer
-from tinythinker_jax.training.checkpointing import read_marker, write_marker
+from tinythinker_jax.training.checkpointing import read_marker, read_marker_before_the_step, write_marker
 
 SFT = "sft"
 # Which pair sets DPO trains on (the paper's ablations); both are always generated, since analyze
@@ -110,7 +110,7 @@ def run_iteration(
         raise ValueError(f"ITERATION is {iteration}; iterations count from 1 (iteration 1 starts from phase 1)")
     locations.require_local(model_dir)
     out_dir = iteration_dir(model_dir, iteration)
-    done = read_marker(os.path.join(out_dir, checkpointing.DONE))
+    done = read_marker_before_the_step(os.path.join(out_dir, checkpointing.DONE))
     if done is not None:
         return IterationResult(**done)
     # An interrupted phase already has a best/ (its best model so far), which is not M(i-1) yet.
@@ -133,7 +133,7 @@ def run_iteration(
 
     with partitioning.activate(mesh, rules):
         load_reference = lambda: trainer.build_model(model_config, reference_path, seed, mesh, rules)  # noqa: E731
-        counts = read_marker(os.path.join(pairs_dir, "counts.json"))
+        counts = read_marker_before_the_step(os.path.join(pairs_dir, "counts.json"))
         if counts is None:
             started = time.time()
             questions = tinythinker_tasks.load_questions(dataset, "train")[:max_questions]
@@ -154,7 +154,7 @@ def run_iteration(
             return name
 
         stages = [stage for stage in STAGE_TYPES[stage_type] if counts[stage] > 0]
-        scored = read_marker(os.path.join(pairs_dir, "scored.json"))
+        scored = read_marker_before_the_step(os.path.join(pairs_dir, "scored.json"))
         if scored is None:
             started, reference = time.time(), load_reference()
             for stage in stages:

@@ -94,10 +94,8 @@ def train(
     """
     started = time.time()
     locations.require_local(model_dir)
-    # Checked before training, when no process can have written it yet: checked after, a process that
-    # found process 0's fresh marker would skip the marker's collective write and leave the others waiting.
     done = os.path.join(model_dir, checkpointing.DONE)
-    finished_before = checkpointing.read_marker(done) is not None
+    finished_before = checkpointing.read_marker_before_the_step(done) is not None
     dataset, stage_type, vocabulary = setup_data(mixture_or_task_name, data_dir, vocabulary_path, model_config)
     stage_streams = build_streams(dataset, stage_type, task_feature_lengths, batch_size, seed)
     num_options = benchmarks.get_benchmark(dataset).num_options
