@@ -174,12 +174,13 @@ def test_evaluate_command_writes_every_chain_and_the_accuracy(uncut, small_toywo
     assert summary["accuracy"] == sum(row["correct"] for row in rows) / 3
 
 
-def test_evaluate_command_by_gin_is_the_same_evaluation(uncut, small_toyworld, tmp_path):
+def test_evaluate_command_by_gin_or_on_a_mesh_is_the_same_evaluation(uncut, small_toyworld, tmp_path):
     from tinythinker_jax import cli
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    flags = ["evaluate", "--checkpoint", os.path.join(uncut, "best"), "--dataset", "toyworld", "--data_dir",
-             small_toyworld, "--out_dir", str(tmp_path / "flags"), "--max_questions", "2"]
+    evaluate = ["evaluate", "--checkpoint", os.path.join(uncut, "best"), "--dataset", "toyworld", "--data_dir",
+                small_toyworld, "--max_questions", "2"]
+    flags = [*evaluate, "--out_dir", str(tmp_path / "flags")]
     by_gin = ["evaluate", "--gin_search_paths", repo, "--gin_file=gin/runs/evaluate.gin",
               "--gin.MIXTURE_OR_TASK_NAME='tinythinker.toyworld.full_stages'",
               f"--gin.CHECKPOINT_PATH='{os.path.join(uncut, 'best')}'", f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'gin'}'",
@@ -190,8 +191,16 @@ def test_evaluate_command_by_gin_is_the_same_evaluation(uncut, small_toyworld, t
         import gin
 
         gin.clear_config()
-    assert open(tmp_path / "flags" / "predictions_test.jsonl").read() == \
-        open(tmp_path / "gin" / "predictions_test.jsonl").read()
+    # Model-parallel, parameters also sharded over 'data', on 8 fake devices.
+    sharded = [*evaluate, "--out_dir", str(tmp_path / "sharded"), "--mesh_data", "2", "--mesh_model", "4",
+               "--parameter_partitioning_dims", "2"]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-m", "tinythinker_jax.cli", *sharded], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for other in ("gin", "sharded"):
+        assert open(tmp_path / "flags" / "predictions_test.jsonl").read() == \
+            open(tmp_path / other / "predictions_test.jsonl").read(), other
 
 
 TWO_PROCESS_SCRIPT = """
@@ -255,3 +264,10 @@ def test_pipeline_on_two_processes_matches_one(uncut, small_toyworld, tmp_path):
     jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=2e-5), expected_params, actual_params)
     state = json.load(open(tmp_path / "pipeline.json"))
     assert [phase["name"] for phase in state["phases"]] == ["sft"] and (tmp_path / "report.md").is_file()
+    # The test split was evaluated on the two processes' mesh: the same chains as on one device.
+    from tinythinker_jax import cli
+
+    assert cli.main(["evaluate", "--checkpoint", os.path.join(sft_dir, "best"), "--dataset", "toyworld", "--data_dir",
+                     small_toyworld, "--out_dir", str(tmp_path / "one_device"), "--max_questions", "2"]) == 0
+    assert open(tmp_path / "one_device" / "predictions_test.jsonl").read() == \
+        open(os.path.join(sft_dir, "test", "predictions_test.jsonl")).read()

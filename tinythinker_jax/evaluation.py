@@ -6,9 +6,9 @@ from typing import Optional, Sequence
 
 import jax
 
-from tinythinker_jax import chains
+from tinythinker_jax import chains, partitioning
 from tinythinker_jax.data.records import Question, write_json, write_jsonl
-from tinythinker_jax.models import decoding
+from tinythinker_jax.models import checkpoints, decoding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +50,28 @@ def evaluate(
     return EvaluationResult(accuracy, len(questions), predictions_path, summary_path)
 
 
+def evaluate_checkpoint_on_mesh(
+    checkpoint_path: str, questions: Sequence[Question], out_dir: str, settings: chains.ChainSettings, *, split: str,
+    stage_type: str = "full", num_chains: int = 1, seed: int = 0, dtype: Optional[str] = None, mesh_data: int = -1,
+    mesh_model: int = 1, parameter_partitioning_dims: int = 1, extra_summary: Optional[dict] = None,
+) -> EvaluationResult:
+    """`evaluate` with the checkpoint's model laid out on a ('data', 'model') mesh of every device, as training
+    lays it out, so that a model too large for one device is evaluated too. Every process must run it."""
+    mesh = partitioning.create_mesh(data=mesh_data, model=mesh_model)
+    rules = partitioning.standard_logical_axis_rules(parameter_partitioning_dims=parameter_partitioning_dims)
+    with partitioning.activate(mesh, rules):
+        model = checkpoints.load_model(checkpoint_path, dtype=dtype, mesh=mesh, rules=rules)
+        runner = chains.ChainRunner(model, checkpoints.load_vocabulary(checkpoint_path), settings)
+        return evaluate(runner, questions, out_dir, split=split, stage_type=stage_type, num_chains=num_chains,
+                        seed=seed, extra_summary=extra_summary)
+
+
 def evaluate_checkpoint(
     *, checkpoint_path: str, mixture_or_task_name: str, output_dir: str, split: str = "test", num_chains: int = 1,
     sampling: decoding.SamplingConfig = decoding.SamplingConfig(),
     chain_settings: chains.ChainSettings = chains.ChainSettings(), data_dir: Optional[str] = None,
-    max_questions: Optional[int] = None, seed: int = 0, dtype: Optional[str] = None,
+    max_questions: Optional[int] = None, seed: int = 0, dtype: Optional[str] = None, mesh_data: int = -1,
+    mesh_model: int = 1, parameter_partitioning_dims: int = 1,
 ) -> EvaluationResult:
     """`evaluate` on a model checkpoint; the stage mixture names the dataset and the chain's stage type.
 
@@ -62,7 +79,6 @@ def evaluate_checkpoint(
     """
     import tinythinker_tasks
     from tinythinker_jax.data import locations, prepare
-    from tinythinker_jax.models import checkpoints
 
     dataset, stage_type = tinythinker_tasks.parse_stage_mixture(mixture_or_task_name)
     data_dir = data_dir or locations.dataset_dir(dataset)
@@ -70,8 +86,9 @@ def evaluate_checkpoint(
     tinythinker_tasks.register_dataset(dataset, data_dir, checkpoints.vocab_path(checkpoint_path))
     questions = tinythinker_tasks.load_questions(dataset, split)[:max_questions]
     settings = dataclasses.replace(chain_settings, recall=sampling, analyze=sampling, summarize=sampling)
-    runner = chains.ChainRunner(checkpoints.load_model(checkpoint_path, dtype=dtype),
-                                checkpoints.load_vocabulary(checkpoint_path), settings)
-    return evaluate(runner, questions, output_dir, split=split, stage_type=stage_type, num_chains=num_chains, seed=seed,
-                    extra_summary={"checkpoint": checkpoint_path, "dataset": dataset,
-                                   **{f"sampling_{k}": v for k, v in dataclasses.asdict(sampling).items()}})
+    return evaluate_checkpoint_on_mesh(
+        checkpoint_path, questions, output_dir, settings, split=split, stage_type=stage_type, num_chains=num_chains,
+        seed=seed, dtype=dtype, mesh_data=mesh_data, mesh_model=mesh_model,
+        parameter_partitioning_dims=parameter_partitioning_dims,
+        extra_summary={"checkpoint": checkpoint_path, "dataset": dataset,
+                       **{f"sampling_{k}": v for k, v in dataclasses.asdict(sampling).items()}})

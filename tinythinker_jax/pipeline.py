@@ -65,17 +65,15 @@ def _data_summary(data_dir: str, stage_type: str) -> dict:
 
 
 def _test_accuracy(checkpoint: str, out_dir: str, questions, settings: chains.ChainSettings, num_chains: int = 1,
-                   seed: int = 0) -> float:
-    """The checkpoint's accuracy on the test questions (a vote when `num_chains` > 1); computed once.
-
-    The model is loaded whole on every process, so evaluation needs no other process and a process may
-    read a summary that another wrote in the meantime."""
-    summary = checkpointing.read_marker(os.path.join(out_dir, "summary_test.json"))
+                   seed: int = 0, **mesh_settings) -> float:
+    """The checkpoint's accuracy on the test questions (a vote when `num_chains` > 1), computed once, on the
+    mesh that `mesh_settings` (`mesh_data`, `mesh_model`, `parameter_partitioning_dims`) describe."""
+    summary = checkpointing.read_marker_before_the_step(os.path.join(out_dir, "summary_test.json"))
     if summary is not None:
         return summary["accuracy"]
-    runner = chains.ChainRunner(checkpoints.load_model(checkpoint), checkpoints.load_vocabulary(checkpoint), settings)
-    return evaluation.evaluate(runner, questions, out_dir, split="test", num_chains=num_chains, seed=seed,
-                               extra_summary={"checkpoint": checkpoint}).accuracy
+    return evaluation.evaluate_checkpoint_on_mesh(checkpoint, questions, out_dir, settings, split="test",
+                                                  num_chains=num_chains, seed=seed, extra_summary={"checkpoint": checkpoint},
+                                                  **mesh_settings).accuracy
 
 
 def run_pipeline(
@@ -88,8 +86,13 @@ def run_pipeline(
     max_test_questions: Optional[int] = None,
     data_dir: Optional[str] = None,
     chain_settings: chains.ChainSettings = chains.ChainSettings(),
+    mesh_data: int = -1,
+    mesh_model: int = 1,
+    parameter_partitioning_dims: int = 1,
 ) -> Optional[dict]:
-    """Runs (or continues) the pipeline; None when SIGTERM stopped it (run it again to resume)."""
+    """Runs (or continues) the pipeline; None when SIGTERM stopped it (run it again to resume). The test
+    split is evaluated on the mesh that `mesh_data`, `mesh_model` and `parameter_partitioning_dims` describe
+    (in gin, the training mesh's)."""
     locations.require_local(model_dir)
     started = time.time()
     dataset, stage_type = tinythinker_tasks.parse_stage_mixture(mixture_or_task_name)
@@ -118,15 +121,18 @@ def run_pipeline(
     test_questions = tinythinker_tasks.load_questions(dataset, "test")[:max_test_questions]
     sampled = decoding.SamplingConfig(temperature=test_temperature)
     voting = dataclasses.replace(chain_settings, recall=sampled, analyze=sampled, summarize=sampled)
+    mesh_settings = {"mesh_data": mesh_data, "mesh_model": mesh_model,
+                     "parameter_partitioning_dims": parameter_partitioning_dims}
 
     def tested(phase: dict, phase_dir: str) -> dict:
         best = checkpointing.best_dir(phase_dir)
         phase["test_accuracy"] = _test_accuracy(best, os.path.join(phase_dir, "test"), test_questions,
-                                                chain_settings)
+                                                chain_settings, **mesh_settings)
         phase["test_self_consistency_accuracy"] = None
         if test_num_chains > 1:
             phase["test_self_consistency_accuracy"] = _test_accuracy(
-                best, os.path.join(phase_dir, "test_self_consistency"), test_questions, voting, test_num_chains)
+                best, os.path.join(phase_dir, "test_self_consistency"), test_questions, voting, test_num_chains,
+                **mesh_settings)
         return phase
 
     state["phases"].append(tested({"name": "sft", **sft_done}, sft_dir))

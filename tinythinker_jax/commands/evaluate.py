@@ -28,7 +28,9 @@ def _evaluate(args) -> int:
             sampling=decoding.SamplingConfig(args.temperature, args.top_k, args.top_p),
             chain_settings=chains.ChainSettings(max_input_length=args.max_input_length,
                                                 max_decode_length=args.max_decode_length, batch_size=args.batch_size),
-            data_dir=args.data_dir, max_questions=args.max_questions, seed=args.seed, dtype=args.dtype)
+            data_dir=args.data_dir, max_questions=args.max_questions, seed=args.seed, dtype=args.dtype,
+            mesh_data=args.mesh_data, mesh_model=args.mesh_model,
+            parameter_partitioning_dims=args.parameter_partitioning_dims)
     print(f"accuracy {result.accuracy:.4f} on {result.num_questions} questions -> {result.summary_path}")
     return 0
 
@@ -52,4 +54,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max_decode_length", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--dtype", help="compute dtype, e.g. bfloat16 on accelerators (default: as saved)")
+    parser.add_argument("--mesh_data", type=int, default=-1, help="the mesh's 'data' axis (-1: the devices left)")
+    parser.add_argument("--mesh_model", type=int, default=1, help="the mesh's 'model' axis")
+    parser.add_argument("--parameter_partitioning_dims", type=int, default=1,
+                        help="2 also shards the parameters over 'data'")
     parser.set_defaults(func=_evaluate)
