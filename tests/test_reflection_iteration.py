@@ -210,25 +210,23 @@ from test_reflection_iteration import metrics, run
 from tinythinker_jax.reflection import iteration
 from tinythinker_jax.training import trainer
 if jax.process_index() == 0:
-    # The sampled chunks without what was made of them: generation only re-reads the chunks, which
-    # takes no collective, so process 0 writes counts.json while the slower process 1 is still on its way.
+    # The sampled chunks without what was made of them: generation re-reads the chunks and writes the pairs.
     shutil.copytree(iteration.sft_dir({source!r}), iteration.sft_dir({target!r}))
     shutil.copytree(os.path.join(iteration.iteration_dir({source!r}, 1), "pairs"),
                     os.path.join(iteration.iteration_dir({target!r}, 1), "pairs"),
                     ignore=shutil.ignore_patterns("*scored*", "*_pairs.jsonl", "counts.json"))
-else:
+else:  # a slower host, 3 s behind process 0 from the data's preparation on
     setup_data = trainer.setup_data
     trainer.setup_data = lambda *args, **kwargs: (setup_data(*args, **kwargs), time.sleep(3))[0]
 multihost_utils.sync_global_devices("copied")
-run({target!r}, {data_dir!r}, mesh_data=4, mesh_model=2)
+run({target!r}, {data_dir!r}, mesh_data=4, mesh_model=2, max_eval_questions=0)  # validation: the SFT tests
 print("LOSSES" + json.dumps([m["loss"] for m in metrics({target!r})]))
 """
 
 
 def test_two_processes_on_a_sharded_mesh_match_one_device(first_run, prepared_toyworld, tmp_path):
-    """Two local processes with 4 fake devices each, as a 4x2 mesh: the same pairs, reference scores and
-    DPO losses as one device, with process 1 lagging behind process 0 (each process reads each step's
-    marker before any process can write it)."""
+    """Two local processes with 4 fake devices each, as a 4x2 mesh, process 1 lagging behind: the same pairs,
+    reference scores and DPO losses as one device."""
     model_dir, _ = first_run
     target = str(tmp_path / "sharded")
     script = TWO_PROCESS_SCRIPT.format(tests=os.path.dirname(__file__), source=model_dir, target=target,
@@ -237,8 +235,9 @@ def test_two_processes_on_a_sharded_mesh_match_one_device(first_run, prepared_to
     for output in outputs:
         sharded = json.loads(output.split("LOSSES", 1)[1].splitlines()[0])
         np.testing.assert_allclose(sharded, [m["loss"] for m in metrics(model_dir)], rtol=2e-5)
-    pair_files = [os.path.join(iteration.iteration_dir(d, 1), "pairs", "recall_pairs.jsonl") for d in (model_dir, target)]
-    assert open(pair_files[0]).read() == open(pair_files[1]).read()
+    pairs = [open(sampling.pairs_path(os.path.join(iteration.iteration_dir(d, 1), "pairs"), "recall")).read()
+             for d in (model_dir, target)]
+    assert pairs[0] == pairs[1]
     scored = [pair_data.read_pairs(os.path.join(iteration.iteration_dir(d, 1), "pairs", "recall_pairs_scored.jsonl"),
                                    scored=True) for d in (model_dir, target)]
     np.testing.assert_allclose(*[[[r["reference_chosen"], r["reference_rejected"]] for r in rows] for rows in scored],

@@ -71,9 +71,9 @@ def _test_accuracy(checkpoint: str, out_dir: str, questions, settings: chains.Ch
     summary = checkpointing.read_marker_before_the_step(os.path.join(out_dir, "summary_test.json"))
     if summary is not None:
         return summary["accuracy"]
-    return evaluation.evaluate_checkpoint_on_mesh(checkpoint, questions, out_dir, settings, split="test",
-                                                  num_chains=num_chains, seed=seed, extra_summary={"checkpoint": checkpoint},
-                                                  **mesh_settings).accuracy
+    return evaluation.evaluate_checkpoint_on_mesh(
+        checkpoint, questions, out_dir, settings, split="test", num_chains=num_chains, seed=seed,
+        extra_summary={"checkpoint": checkpoint}, **mesh_settings).accuracy
 
 
 def run_pipeline(

@@ -7,9 +7,11 @@ Configured by flags, or T5X-style by gin (`--gin_file=gin/runs/evaluate.gin` plu
 import argparse
 
 from tinythinker_jax import gin_utils
+from tinythinker_jax.commands.train import add_distributed_flags, initialize_distributed
 
 
 def _evaluate(args) -> int:
+    initialize_distributed(args)
     import gin
 
     import tinythinker_tasks
@@ -38,6 +40,7 @@ def _evaluate(args) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("evaluate", help="run the three-stage pipeline of a checkpoint on a split")
     gin_utils.add_gin_flags(parser)
+    add_distributed_flags(parser)
     parser.add_argument("--checkpoint", help="a model checkpoint, e.g. MODEL_DIR/best")
     parser.add_argument("--dataset")
     parser.add_argument("--data_dir", help="the dataset directory (default: $TINYTHINKER_DATA_ROOT/<dataset>)")

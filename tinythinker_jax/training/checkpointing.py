@@ -106,9 +106,9 @@ def read_marker(path: str) -> dict[str, Any] | None:
 def read_marker_before_the_step(path: str) -> dict[str, Any] | None:
     """A step's marker as found before the step starts, the same on every process.
 
-    The processes sync once all have read it. Otherwise a lagging process could find a marker that
-    process 0 wrote after doing the step alone (a step without collectives, such as re-reading finished
-    sample chunks), skip the step and the marker's write, and leave the others waiting in `write_marker`."""
+    The processes sync once all have read it, so whether a step is redone never depends on their timing:
+    otherwise a lagging process could find a marker that process 0 wrote after a step whose work took no
+    collective, skip the step and the marker's write, and leave the others waiting in `write_marker`."""
     marker = read_marker(path)
     sync_processes(f"read {path}")
     return marker
