@@ -157,22 +157,6 @@ def test_sharded_runs_match_one_device(uncut, small_toyworld, tmp_path):
                                    rtol=2e-5, err_msg=f"mesh {mesh}")
 
 
-# A `tinythinker` command on two local processes with 4 fake CPU devices each (JAX's CPU collectives).
-TWO_PROCESS_SCRIPT = """
-import os, sys, time
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-import jax
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
-from tinythinker_jax import cli
-from tinythinker_jax.training import loop
-run = loop.Loop.run
-if sys.argv[2] == "1":  # a slower host: process 0 writes what follows training (done.json) first
-    loop.Loop.run = lambda self: (run(self), time.sleep(3))[0]
-sys.exit(cli.main({argv!r} + ["--num_processes", "2", "--coordinator_address", "127.0.0.1:" + sys.argv[1],
-                              "--process_id", sys.argv[2]]))
-"""
-
-
 def test_evaluate_command_writes_every_chain_and_the_accuracy(uncut, small_toyworld, tmp_path):
     from tinythinker_jax import cli
 
@@ -219,6 +203,20 @@ def test_evaluate_command_by_gin_or_on_a_mesh_is_the_same_evaluation(uncut, smal
         assert open(tmp_path / "flags" / "predictions_test.jsonl").read() == \
             open(tmp_path / other / "predictions_test.jsonl").read(), other
 
+
+TWO_PROCESS_SCRIPT = """
+import os, sys, time
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+from tinythinker_jax import cli
+from tinythinker_jax.training import loop
+run = loop.Loop.run
+if sys.argv[2] == "1":  # a slower host: process 0 writes what follows training (done.json) first
+    loop.Loop.run = lambda self: (run(self), time.sleep(3))[0]
+sys.exit(cli.main({argv!r} + ["--num_processes", "2", "--coordinator_address", "127.0.0.1:" + sys.argv[1],
+                              "--process_id", sys.argv[2]]))
+"""
 
 PREEMPTION_SCRIPT = """
 import signal, sys
