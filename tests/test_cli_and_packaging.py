@@ -1,4 +1,5 @@
-"""The `tinythinker data` commands as a user runs them, and what the package installs."""
+"""The `tinythinker data` commands as a user runs them, the flags `evaluate` passes on, and what the package
+installs."""
 
 import json
 import os
@@ -67,3 +68,20 @@ def test_wheel_ships_tasks_as_tinythinker_tasks_only(tmp_path):
     assert not [name for name in names if name.startswith("tasks/")]
     entry_points = next(name for name in names if name.endswith("entry_points.txt"))
     assert "tinythinker = tinythinker_jax.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_evaluate_joins_a_multi_process_run_on_the_mesh_it_is_given(monkeypatch, capsys):
+    import jax
+
+    from tinythinker_jax import evaluation
+
+    joined, evaluated = [], {}
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *args: joined.append(args))
+    monkeypatch.setattr(evaluation, "evaluate_checkpoint", lambda **kwargs: evaluated.update(kwargs) or
+                        evaluation.EvaluationResult(1.0, 1, "predictions_test.jsonl", "summary_test.json"))
+    assert cli.main(["evaluate", "--checkpoint", "best", "--dataset", "toyworld", "--out_dir", "out",
+                     "--num_processes", "2", "--coordinator_address", "host:1234", "--process_id", "1",
+                     "--mesh_model", "4", "--parameter_partitioning_dims", "2"]) == 0
+    assert joined == [("host:1234", 2, 1)]
+    assert {key: evaluated[key] for key in ("mesh_data", "mesh_model", "parameter_partitioning_dims")} == \
+        {"mesh_data": -1, "mesh_model": 4, "parameter_partitioning_dims": 2}
