@@ -164,8 +164,3 @@ def to_host(x: jax.Array) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def shard_batch(batch: Any, mesh: Mesh, rules: LogicalRules) -> Any:
-    """Puts every array of `batch` on `mesh`, split along its leading (batch) axis."""
-    return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, rules, np.ndim(x))), batch)

@@ -22,7 +22,6 @@ from tinythinker_jax.models import batching
 from tinythinker_jax.models.t5 import T5Transformer
 from tinythinker_jax.reflection import losses
 
-TEXT_FIELDS = ("id", "prompt", "chosen", "rejected")
 REFERENCE_FIELDS = ("reference_chosen", "reference_rejected")
 
 

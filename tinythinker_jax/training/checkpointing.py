@@ -59,14 +59,6 @@ def best_dir(model_dir: str) -> str:
     return os.path.join(model_dir, BEST_DIR)
 
 
-def read_best_info(model_dir: str) -> dict[str, Any] | None:
-    path = os.path.join(best_dir(model_dir), BEST_INFO)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def save_best(model_dir: str, params: Any, config: T5Config, vocab_path: str, info: dict[str, Any]) -> None:
     """Replaces MODEL_DIR/best with a complete model checkpoint; every process writes its part, process 0 renames."""
     staging = os.path.join(model_dir, f"{BEST_DIR}.staging")
