@@ -42,7 +42,9 @@ def bytes_per_step(model, batch_size: int, input_length: int, decode_length: int
 
 
 def main() -> None:
-    args = common.parser(__doc__, "decode.json").parse_args()
+    parser = common.parser(__doc__, "decode.json")
+    parser.add_argument("--profile", help="also write a jax.profiler trace of one greedy call to this directory")
+    args = parser.parse_args()
     model, reference, device = common.models(args.config, args.dtype, args.seed)
     inputs, _ = common.token_batches(args)
     input_lists, torch_inputs = inputs.tolist(), torch.tensor(inputs, device=device)
@@ -63,6 +65,9 @@ def main() -> None:
                     lambda: theirs(do_sample=True, temperature=1.0, top_k=TOP_K)),
     }
     results = common.compare(cases, args.batch_size * args.decode_length, args.repeats)
+    if args.profile:
+        with jax.profiler.trace(args.profile, create_perfetto_trace=True):
+            cases["greedy"][0]()
     bandwidth = read_bandwidth()
     step_bytes = bytes_per_step(model, args.batch_size, args.input_length, args.decode_length)
     results["memory_floor"] = {"read_bandwidth_gb_per_s": bandwidth / 1e9, "bytes_per_step": step_bytes,

@@ -106,7 +106,7 @@ def main() -> None:
         tokens = args.steps * args.batch_size * (args.input_length + args.decode_length)
         results = common.compare({"train_step": (ours, theirs)}, tokens, args.repeats)
         if args.profile:
-            with jax.profiler.trace(args.profile):
+            with jax.profiler.trace(args.profile, create_perfetto_trace=True):
                 ours()
         step = results["train_step"]
         step["ours_examples_per_s"] = step["ours_tokens_per_s"] / (args.input_length + args.decode_length)

@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end on tiny shapes, with seqio and TensorFlow unimportable: a bare
 JAX + PyTorch image, where `benchmarks/gpu.sh` runs them on a lent GPU, has neither."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -28,18 +29,31 @@ for script, extra in {runs!r}:
 """
 
 RUNS = (
-    ("decode.py", []),
+    ("decode.py", ["--profile", "decode_trace"]),  # under the run's directory, tmp_path
     ("score.py", []),
     ("train_step.py", ["--steps", "2"]),
     ("reflect.py", ["--questions", "2", "--num_samples", "2", "--dpo_batch_size", "2"]),
 )
 
 
+def _import_benchmark(name: str):
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(BENCHMARKS)
+
+
 def test_benchmarks_run_without_seqio_or_tensorflow(tmp_path):
     script = SCRIPT.format(benchmarks=BENCHMARKS, runs=RUNS, out=str(tmp_path))
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600,
+                            cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    # The trace of one greedy call: the decoding loop's body ran once per generated token (8), its
+    # condition once more.
+    times = _import_benchmark("trace_ops").operation_times(str(tmp_path / "decode_trace"))
+    assert {len(runs) for name, runs in times.items() if name.startswith("jit__jitted_decode/")} >= {1, 8, 9}
     reports = {name: json.load(open(tmp_path / f"{name}.json"))["results"] for name, _ in RUNS}
     assert {"greedy", "sampled", "memory_floor"} <= set(reports["decode.py"])
     assert reports["score.py"]["score"]["ours_tokens_per_s"] > 0
@@ -53,11 +67,7 @@ def test_benchmarks_run_without_seqio_or_tensorflow(tmp_path):
 def test_mfu_counts_the_flops_xla_counts(name):
     """train_step.py's model FLOPs are 3x the forward pass's as XLA's cost analysis counts them; the rest
     of XLA's count, elementwise work, is under 0.5% at these shapes."""
-    sys.path.insert(0, BENCHMARKS)
-    try:
-        import train_step
-    finally:
-        sys.path.remove(BENCHMARKS)
+    train_step = _import_benchmark("train_step")
     graphdef, state = nnx.split(t5.abstract_model(t5.model_config(name)))
     forward = jax.jit(lambda state, inputs, targets: nnx.merge(graphdef, state)(inputs, targets))
     batch, input_length, target_length = 2, 200, 64
