@@ -58,6 +58,22 @@ def test_bad_replies_are_rejected_with_their_reason(text, finish_reason, reason)
     assert rejected.value.reason == reason
 
 
+def test_read_sample_gives_the_teachers_answer_in_either_layout_without_the_gold_check():
+    paper_layout = ("Key Information: K.\nExplanations: B is correct. Because b.\n"
+                    "A is incorrect. Because a.\nC is incorrect. Because c.")
+    answer, rationale = parsing.read_sample(paper_layout, "stop", QUESTION)
+    assert (answer, rationale.recall, rationale.analyze) == ("B", "K.", {"A": "a.", "B": "b.", "C": "c."})
+    with pytest.raises(parsing.Rejected) as rejected:
+        parsing.parse_sample(paper_layout, "stop", QUESTION)
+    assert rejected.value.reason == parsing.CONTRADICTS_GOLD
+    assert parsing.read_sample(GOOD, "stop", QUESTION)[0] == "A"
+    assert parsing.read_sample(GOOD.replace("A is correct", "A is incorrect"), "stop", QUESTION)[0] is None
+    assert parsing.read_sample(GOOD.replace("B is incorrect", "B is correct"), "stop", QUESTION)[0] is None
+    with pytest.raises(parsing.Rejected) as rejected:
+        parsing.read_sample(GOOD, "length", QUESTION)
+    assert rejected.value.reason == parsing.TRUNCATED
+
+
 @pytest.mark.parametrize("dataset, num_options", [("csqa", 5), ("obqa", 4), ("strategyqa", 2), ("toyworld_yesno", 2)])
 def test_shipped_exemplars_are_valid_and_have_the_benchmarks_options(dataset, num_options):
     loaded = exemplars.load_exemplars(exemplars.shipped_exemplars_path(dataset))
@@ -86,6 +102,15 @@ def test_bad_exemplar_files_are_located(tmp_path):
         exemplars.load_exemplars(_write(tmp_path, [no_verdict]))
     with pytest.raises(DataError, match="Key Information"):
         exemplars.load_exemplars(_write(tmp_path, [dict(good, **{"Key Information": " "})]))
+
+
+def test_exemplars_keep_the_files_text_and_the_project_prompt_strips_it(tmp_path):
+    padded = {"Q": " q? ", "Options": "A. x, B. y ", "Key Information": "k. ",
+              "Explanations": ["A is correct. Because x. ", "B is incorrect. Because y."]}
+    loaded = exemplars.load_exemplars(_write(tmp_path, [padded]))[0]
+    assert (loaded.question, loaded.options, loaded.key_information) == (" q? ", "A. x, B. y ", "k. ")
+    assert loaded.explanations[0] == "A is correct. Because x. "  # the paper prompt joins the lines as they are
+    assert "Q: q?\nOptions: A. x, B. y\nKey Information: k.\nExplanations:\n" in prompts.system_message([loaded])
 
 
 def test_user_message_prefills_gold_first_then_the_others():

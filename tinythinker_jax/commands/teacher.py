@@ -2,9 +2,11 @@
 
 Any OpenAI-compatible server works (OpenAI, vLLM, Ollama, llama.cpp): `--base_url` and `--model`
 pick it; the API key comes only from the environment variable named by `--api_key_env`.
+`--prompt_mode paper` sends the official TinyThinker request instead of the project's own.
 """
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -12,24 +14,59 @@ import sys
 DATASETS = ("csqa", "obqa", "strategyqa", "toyworld", "toyworld_mc4", "toyworld_yesno")
 
 
+class _UsageError(ValueError):
+    """Flags that do not fit together."""
+
+
+def _reports_usage_errors(command):
+    @functools.wraps(command)
+    def wrapped(args) -> int:
+        try:
+            return command(args)
+        except _UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    return wrapped
+
+
+def _system_message(args, loaded) -> str:
+    """The system message of the prompt mode: the paper's needs the official request and exemplar files."""
+    from tinythinker_jax.teacher import paper, prompts
+
+    if args.prompt_mode == prompts.PAPER:
+        if not (args.request_file and args.exemplars):
+            raise _UsageError("--prompt_mode paper needs --request_file (the official request.json) and "
+                              "--exemplars (the official <dataset>_cot.json)")
+        return paper.system_message(paper.load_instruction(args.request_file), loaded, args.prompt_seed,
+                                    args.k_exemplars)
+    if args.request_file:
+        raise _UsageError("--request_file is for --prompt_mode paper")
+    return prompts.system_message(loaded[:args.k_exemplars])
+
+
 class _Job:
     """What every subcommand needs: the questions, the sampling settings, the prompt and the paths."""
 
     def __init__(self, args):
         from tinythinker_jax.data import locations, records
-        from tinythinker_jax.teacher import exemplars, pricing, prompts
+        from tinythinker_jax.teacher import exemplars, pricing, prompts, selection
 
         self.args = args
         self.questions = records.read_questions(locations.split_path(args.split_dir, args.split))
-        path = args.exemplars or exemplars.shipped_exemplars_path(args.dataset)
-        self.exemplars = exemplars.load_exemplars(path)[:args.k_exemplars]
+        loaded = exemplars.load_exemplars(args.exemplars or exemplars.shipped_exemplars_path(args.dataset))
+        self.system = _system_message(args, loaded)
+        self.exemplars = loaded[:args.k_exemplars]  # the estimate's reply lengths
         samples = args.samples or prompts.DEFAULT_SAMPLES.get(args.dataset, prompts.DEFAULT_SAMPLES_OTHERWISE)
+        request_samples = args.request_samples or samples
         self.sampling = prompts.Sampling(
             model=args.model, temperature=args.temperature, max_tokens=args.max_tokens, samples=samples,
-            choices_per_request=args.choices_per_request or samples, rounds=args.rounds, seed=args.seed,
-            temperature_step=args.temperature_step,
+            choices_per_request=args.choices_per_request or request_samples, rounds=args.rounds, seed=args.seed,
+            temperature_step=args.temperature_step, prompt_mode=args.prompt_mode, request_samples=request_samples,
+            paper_retry=args.paper_retry,
         )
-        self.system = prompts.system_message(self.exemplars)
+        self.options = selection.Selection(
+            relabel_by_teacher_vote=args.relabel_by_teacher_vote, diversity_pick=args.diversity_pick)
         self.prices = tuple(args.price) if args.price else pricing.PRICES_PER_MILLION.get(args.model)
         self.out_dir = args.out_dir or os.path.dirname(locations.teacher_path(args.split_dir))
         self.cache_path = args.cache or os.path.join(self.out_dir, "cache", "responses.jsonl")
@@ -41,14 +78,18 @@ class _Job:
 
     def write_outcome(self, outcome) -> None:
         from tinythinker_jax.data.records import teacher_record_to_json, write_json, write_jsonl
+        from tinythinker_jax.teacher import prompts
 
         split = self.args.split
         write_jsonl(os.path.join(self.out_dir, f"{split}.jsonl"), map(teacher_record_to_json, outcome.records))
         report = {"dataset": self.args.dataset, "split": split, "base_url": self.args.base_url, **outcome.report}
+        if self.sampling.prompt_mode == prompts.PAPER:
+            report["prompt_seed"] = self.args.prompt_seed
         write_json(os.path.join(self.out_dir, f"{split}_report.json"), report)
         r = outcome.report
         print(f"{r['records']}/{r['questions']} questions with samples ({r['samples_kept']} kept), "
-              f"{len(r['failed_questions'])} failed, {len(r['short_questions'])} short; "
+              f"{len(r['failed_questions'])} failed, {len(r['short_questions'])} short, "
+              f"{r['relabelled']} relabelled; "
               f"{r['requests']['pending']} requests pending -> {self.out_dir}")
 
 
@@ -60,10 +101,12 @@ def _print_estimate(job) -> int:
     return 0
 
 
+@_reports_usage_errors
 def _estimate(args) -> int:
     return _print_estimate(_Job(args))
 
 
+@_reports_usage_errors
 def _run(args) -> int:
     from tinythinker_jax.teacher import client, pipeline
 
@@ -85,16 +128,18 @@ def _run(args) -> int:
         def send(requests):
             return client.send_requests(requests, cache, settings, job.sampling.model, progress=args.progress)
 
-        job.write_outcome(pipeline.generate(job.questions, job.sampling, job.system, cache, send, job.prices))
+        outcome = pipeline.generate(job.questions, job.sampling, job.system, cache, send, job.prices, job.options)
+    job.write_outcome(outcome)
     return 0
 
 
+@_reports_usage_errors
 def _export_batch(args) -> int:
     from tinythinker_jax.teacher import batch, pipeline
 
     job = _Job(args)
     with job.cache() as cache:
-        outcome = pipeline.generate(job.questions, job.sampling, job.system, cache, None, job.prices)
+        outcome = pipeline.generate(job.questions, job.sampling, job.system, cache, None, job.prices, job.options)
     path = args.batch_file or os.path.join(job.out_dir, "batch", f"{args.split}_input.jsonl")
     if not outcome.pending:
         print("nothing to export: every planned request is answered; run import-batch to write the records")
@@ -104,6 +149,7 @@ def _export_batch(args) -> int:
     return 0
 
 
+@_reports_usage_errors
 def _import_batch(args) -> int:
     from tinythinker_jax.teacher import batch, pipeline
 
@@ -112,7 +158,7 @@ def _import_batch(args) -> int:
         counts = batch.import_batch(args.batch_output, cache)
         print(f"imported {counts['imported']}, already cached {counts['already_cached']}, "
               f"failed {counts['failed']} {counts['errors'] or ''}".rstrip())
-        outcome = pipeline.generate(job.questions, job.sampling, job.system, cache, None, job.prices)
+        outcome = pipeline.generate(job.questions, job.sampling, job.system, cache, None, job.prices, job.options)
     job.write_outcome(outcome)
     if outcome.pending:
         print("run export-batch again for the requests still unanswered (a retry round or failed results)")
@@ -131,7 +177,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--choices_per_request", type=int,
                         help="the `n` of one request (default: --samples); 1 for servers that ignore `n`")
     parser.add_argument("--exemplars", help="exemplar JSON file (default: the shipped one for --dataset)")
-    parser.add_argument("--k_exemplars", type=int, default=None, help="use the first k exemplars (default: all)")
+    parser.add_argument("--k_exemplars", type=int, default=None,
+                        help="use the first k exemplars, or in paper mode k drawn at random (default: all)")
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--temperature_step", type=float, default=0.1, help="added per retry round")
     parser.add_argument("--max_tokens", type=int, default=256)
@@ -139,6 +186,22 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--price", type=float, nargs=2, metavar=("INPUT", "OUTPUT"),
                         help="USD per million tokens, overriding the table in tinythinker_jax/teacher/pricing.py")
+    parser.add_argument("--request_samples", type=int,
+                        help="samples asked per question in the first round (default: --samples); more than "
+                             "--samples leaves the choice of which to keep to arrival order or --diversity_pick")
+    paper = parser.add_argument_group("the official TinyThinker teacher request and post-processing")
+    paper.add_argument("--prompt_mode", choices=("project", "paper"), default="project",
+                       help="paper: the official notebook's system and user messages and request fields")
+    paper.add_argument("--request_file", help="paper mode: the official request.json (its instruction)")
+    paper.add_argument("--prompt_seed", type=int, default=0,
+                       help="paper mode: seeds the draw of the exemplars' order (and of --k_exemplars of them)")
+    paper.add_argument("--paper_retry", action="store_true",
+                       help="retry rounds ask for as many samples as failed, at the same temperature, with "
+                            "max_tokens doubled after a truncated sample")
+    paper.add_argument("--relabel_by_teacher_vote", action="store_true",
+                       help="a question's label becomes the teacher's most frequent answer (changes training labels)")
+    paper.add_argument("--diversity_pick", action="store_true",
+                       help="keep first the samples whose key information is >10 edits from every other's")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -19,7 +19,7 @@ def estimate(
     cache: Optional[ResponseCache] = None, prices: Optional[tuple[float, float]] = None,
 ) -> dict[str, Any]:
     counter = TokenCounter(sampling.model)
-    requests = [r for q in questions for r in plan_requests(q, sampling.samples, 0, system, sampling)]
+    requests = [r for q in questions for r in plan_requests(q, sampling.first_round_samples, 0, system, sampling)]
     to_send = [r for r in requests if cache is None or r.key not in cache]
     input_tokens = sum(counter.count_messages(r.body["messages"]) for r in to_send)
     samples = sum(r.body["n"] for r in to_send)

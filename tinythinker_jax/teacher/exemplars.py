@@ -25,6 +25,8 @@ DATASET_EXEMPLARS = {
 
 @dataclasses.dataclass(frozen=True)
 class Exemplar:
+    """One exemplar, every text as in the file: the paper prompt reproduces the file byte for byte."""
+
     question: str
     options: str
     key_information: str
@@ -32,7 +34,7 @@ class Exemplar:
 
     def reply(self) -> str:
         """The text a teacher should write for this exemplar."""
-        return "\n".join([f"Key Information: {self.key_information}", "Explanations:", *self.explanations])
+        return "\n".join([f"Key Information: {self.key_information.strip()}", "Explanations:", *self.explanations])
 
 
 def _check(item: object, path: str, index: int) -> Exemplar:
@@ -55,7 +57,7 @@ def _check(item: object, path: str, index: int) -> Exemplar:
         raise fail("Explanations", f"labels {labels} repeat")
     if sum(e.correct for e in explanations) != 1:
         raise fail("Explanations", "exactly one option must be correct")
-    return Exemplar(item["Q"].strip(), item["Options"].strip(), item["Key Information"].strip(), tuple(lines))
+    return Exemplar(item["Q"], item["Options"], item["Key Information"], tuple(lines))
 
 
 def load_exemplars(path: str) -> list[Exemplar]:

@@ -8,12 +8,15 @@ The teacher is asked for
     A is incorrect. Because <reason>
     ...
 
+or, in the paper's prompt mode, with the first verdict on the header line
+(`Explanations: B is correct. Because <reason>`); both parse alike.
 Verdicts are stripped with `formats.strip_verdict` so the analyze targets match what the student
 is trained on; every text is closed with `formats.close_sentence`.
 """
 
 import dataclasses
 import re
+from typing import Optional
 
 from tinythinker_jax import formats
 from tinythinker_jax.data.records import Question, Rationale
@@ -24,7 +27,8 @@ MALFORMED = "malformed"  # an option explained twice, or a label the question do
 MISSING_OPTION = "missing_option"
 EMPTY_EXPLANATION = "empty_explanation"
 CONTRADICTS_GOLD = "contradicts_gold"
-REASONS = (TRUNCATED, NO_KEY_INFORMATION, MALFORMED, MISSING_OPTION, EMPTY_EXPLANATION, CONTRADICTS_GOLD)
+FORMAT_REASONS = (TRUNCATED, NO_KEY_INFORMATION, MALFORMED, MISSING_OPTION, EMPTY_EXPLANATION)
+REASONS = FORMAT_REASONS + (CONTRADICTS_GOLD,)
 
 _KEY_INFORMATION_RE = re.compile(r"key\s+information\s*:", re.IGNORECASE)
 _EXPLANATIONS_HEADER_RE = re.compile(r"^\s*explanations?\s*:", re.IGNORECASE)
@@ -78,8 +82,21 @@ def _recall_and_section(text: str) -> tuple[str, str]:
     return formats.close_sentence(recall), _EXPLANATIONS_HEADER_RE.sub("", rest[end:], count=1)
 
 
-def parse_sample(text: str, finish_reason: str | None, question: Question) -> Rationale:
-    """The rationale in one reply; raises Rejected when a filter drops it."""
+def read_sample(text: str, finish_reason: str | None, question: Question) -> tuple[Optional[str], Rationale]:
+    """The teacher's answer and the rationale in one reply, checked for form but not against the gold label.
+
+    Args:
+        text: the reply.
+        finish_reason: the choice's finish reason; "length" means the reply was cut off.
+        question: the question asked, for its labels.
+
+    Returns:
+        The one option the reply judges correct (None when it judges none or several correct) and
+        the rationale.
+
+    Raises:
+        Rejected: when a format filter drops the reply (any reason but CONTRADICTS_GOLD).
+    """
     if finish_reason == "length":
         raise Rejected(TRUNCATED)
     recall, section = _recall_and_section(text)
@@ -91,9 +108,18 @@ def parse_sample(text: str, finish_reason: str | None, question: Question) -> Ra
     missing = [label for label in question.labels if label not in by_label]
     if missing:
         raise Rejected(MISSING_OPTION, f"no explanation for {missing}")
-    for label, explanation in by_label.items():
-        if explanation.correct != (label == question.answer):
-            raise Rejected(CONTRADICTS_GOLD, f"option {label} judged {'correct' if explanation.correct else 'incorrect'}")
-        if not explanation.text:
-            raise Rejected(EMPTY_EXPLANATION, f"option {label} has no reason")
-    return Rationale(recall=recall, analyze={label: by_label[label].text for label in question.labels})
+    empty = [label for label in question.labels if not by_label[label].text]
+    if empty:
+        raise Rejected(EMPTY_EXPLANATION, f"option {empty[0]} has no reason")
+    correct = [label for label in question.labels if by_label[label].correct]
+    answer = correct[0] if len(correct) == 1 else None
+    return answer, Rationale(recall=recall, analyze={label: by_label[label].text for label in question.labels})
+
+
+def parse_sample(text: str, finish_reason: str | None, question: Question) -> Rationale:
+    """The rationale in one reply; raises Rejected when a filter drops it, CONTRADICTS_GOLD included."""
+    answer, rationale = read_sample(text, finish_reason, question)
+    if answer != question.answer:
+        raise Rejected(CONTRADICTS_GOLD, f"the reply judges {answer or 'no single option'} correct, "
+                                         f"the gold answer is {question.answer}")
+    return rationale

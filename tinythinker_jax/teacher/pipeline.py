@@ -1,5 +1,10 @@
 """The teacher rounds: plan requests, send what the cache lacks, parse and filter the samples, and
-give questions still short of valid samples another round with new seeds and a warmer temperature.
+give questions still short of valid samples another round.
+
+Retry rounds follow the project's rule (ask for the missing samples, with new seeds and a warmer
+temperature) or, with `Sampling.paper_retry`, the notebook's (ask for as many samples as failed,
+doubling max_tokens after a truncated one). The label and the kept rationales are chosen by
+`selection`, from every format-valid sample a question got.
 
 Everything a round sends follows from the questions, the settings and the cache, so a re-run (after
 a kill, or after importing a batch) re-plans the same requests and sends only what is missing.
@@ -7,10 +12,11 @@ a kill, or after importing a batch) re-plans the same requests and sends only wh
 
 import collections
 import dataclasses
+import random
 from typing import Any, Callable, Optional, Sequence
 
-from tinythinker_jax.data.records import Question, Rationale, TeacherRecord
-from tinythinker_jax.teacher import parsing, pricing
+from tinythinker_jax.data.records import Question, TeacherRecord
+from tinythinker_jax.teacher import parsing, pricing, selection
 from tinythinker_jax.teacher.cache import ResponseCache
 from tinythinker_jax.teacher.client import SendStats
 from tinythinker_jax.teacher.prompts import Request, Sampling, plan_requests
@@ -29,75 +35,133 @@ class Outcome:
     pending: list[Request]  # planned but unanswered; only when there was nothing to send them with
 
 
+@dataclasses.dataclass
+class _State:
+    """One question's format-valid samples, and how its latest round went (for the paper's retry rule)."""
+
+    question: Question
+    max_tokens: int
+    samples: list[selection.Sample] = dataclasses.field(default_factory=list)
+    failed: int = 0  # samples asked in the latest round that gave no answer: filtered, or never received
+    truncated: bool = False  # a sample of the latest round was cut off
+
+
 class _Tally:
-    def __init__(self, questions: Sequence[Question], wanted: int):
-        self.wanted = wanted
-        self.kept: dict[str, list[Rationale]] = {q.id: [] for q in questions}
-        self.seen: dict[str, set] = {q.id: set() for q in questions}
-        self.filtered = collections.Counter({reason: 0 for reason in FILTER_REASONS})
+    def __init__(self, questions: Sequence[Question], sampling: Sampling, options: selection.Selection):
+        self.sampling, self.options = sampling, options
+        self.states = [_State(q, sampling.max_tokens) for q in questions]
+        self.filtered = collections.Counter({reason: 0 for reason in parsing.FORMAT_REASONS})
         self.tokens = collections.Counter(prompt=0, completion=0)
 
-    def short(self, questions: Sequence[Question]) -> list[Question]:
-        return [q for q in questions if len(self.kept[q.id]) < self.wanted]
+    def choice(self, state: _State) -> selection.Choice:
+        return selection.choose(state.question, state.samples, self.options.relabel_by_teacher_vote)
 
-    def add_response(self, question: Question, response: dict[str, Any]) -> None:
+    def asks(self, state: _State, round_index: int) -> int:
+        """How many samples the question's requests ask for this round; 0 when it asks nothing."""
+        if round_index == 0:
+            return self.sampling.first_round_samples
+        missing = self.sampling.samples - len(self.choice(state).consistent)
+        if missing <= 0:
+            return 0
+        return state.failed if self.sampling.paper_retry else missing
+
+    def start_round(self, state: _State, asked: int) -> None:
+        if self.sampling.paper_retry and state.truncated:
+            state.max_tokens *= 2
+        state.failed, state.truncated = asked, False  # each answered sample takes one off
+
+    def add_response(self, state: _State, response: dict[str, Any]) -> None:
         self.tokens["prompt"] += response["usage"]["prompt_tokens"]
         self.tokens["completion"] += response["usage"]["completion_tokens"]
         for choice in response["choices"]:
             try:
-                rationale = parsing.parse_sample(choice["text"], choice["finish_reason"], question)
+                answer, rationale = parsing.read_sample(choice["text"], choice["finish_reason"], state.question)
             except parsing.Rejected as rejected:
                 self.filtered[rejected.reason] += 1
+                state.truncated |= rejected.reason == parsing.TRUNCATED
                 continue
-            identity = (rationale.recall, tuple(rationale.analyze.items()))
-            if identity in self.seen[question.id]:
-                self.filtered[DUPLICATE] += 1
-            elif len(self.kept[question.id]) >= self.wanted:
-                self.filtered[SURPLUS] += 1
-            else:
-                self.seen[question.id].add(identity)
-                self.kept[question.id].append(rationale)
+            state.samples.append(selection.Sample(answer, rationale))
+            if answer is not None:  # as in the notebook, a sample naming one answer is no failure, whatever the label
+                state.failed -= 1
+
+
+def _records(tally: _Tally, seed: int) -> tuple[list[TeacherRecord], collections.Counter, list[dict[str, str]]]:
+    """The records, the filter counts the choice adds, and the relabelled questions."""
+    counts = collections.Counter({parsing.CONTRADICTS_GOLD: 0, DUPLICATE: 0, SURPLUS: 0})
+    records, relabelled = [], []
+    for state in tally.states:
+        question, choice = state.question, tally.choice(state)
+        rng = random.Random(f"{seed}:{question.id}")  # the diversity pick's top-up; the same on every re-run
+        kept = selection.keep(choice, tally.sampling.samples, tally.options, rng)
+        counts.update({parsing.CONTRADICTS_GOLD: choice.contradicting, DUPLICATE: choice.duplicates,
+                       SURPLUS: len(choice.consistent) - len(kept)})
+        if choice.label != question.answer:
+            relabelled.append({"id": question.id, "gold": question.answer, "teacher": choice.label})
+            question = dataclasses.replace(question, answer=choice.label)
+        if kept:
+            records.append(TeacherRecord(question, tuple(kept)))
+    return records, counts, relabelled
 
 
 def generate(
     questions: Sequence[Question], sampling: Sampling, system: str, cache: ResponseCache,
     send: Optional[Send] = None, prices: Optional[tuple[float, float]] = None,
+    options: selection.Selection = selection.Selection(),
 ) -> Outcome:
-    """Runs up to `sampling.rounds` rounds. Without `send`, it stops at the first round with
-    unanswered requests and returns them as `pending` (what export-batch writes out)."""
-    tally = _Tally(questions, sampling.samples)
+    """Runs up to `sampling.rounds` rounds and chooses each question's label and rationales.
+
+    Args:
+        questions: the questions, with their gold answers.
+        sampling: the request settings and the retry rule.
+        system: the system message.
+        cache: the response cache; what it holds is not sent again.
+        send: sends requests and caches their responses. Without it, the rounds stop at the first
+            one with unanswered requests, which come back as `pending` (what export-batch writes out).
+        prices: USD per million input and output tokens, for the report's cost.
+        options: the optional post-processing steps of the paper.
+
+    Returns:
+        The records (questions with at least one kept rationale), the report and the pending requests.
+    """
+    tally = _Tally(questions, sampling, options)
     stats, pending = SendStats(), []
     planned_count = cached_count = rounds_used = 0
     for round_index in range(sampling.rounds):
-        short = tally.short(questions)
-        if not short:
+        asking = [(state, n) for state in tally.states if (n := tally.asks(state, round_index)) > 0]
+        if not asking:
             break
         rounds_used += 1
-        planned = {q.id: plan_requests(q, sampling.samples - len(tally.kept[q.id]), round_index, system, sampling)
-                   for q in short}
-        requests = [r for rs in planned.values() for r in rs]
+        planned = []
+        for state, n in asking:
+            tally.start_round(state, n)
+            planned.append((state, plan_requests(state.question, n, round_index, system, sampling, state.max_tokens)))
+        requests = [r for _, rs in planned for r in rs]
         missing = [r for r in requests if r.key not in cache]
         planned_count += len(requests)
         cached_count += len(requests) - len(missing)
         if missing and send is not None:
             stats.add(send(missing))
-        for question in short:
-            for request in planned[question.id]:
+        for state, state_requests in planned:
+            for request in state_requests:
                 if request.key in cache:
-                    tally.add_response(question, cache.get(request.key))
+                    tally.add_response(state, cache.get(request.key))
         if send is None and missing:
             pending = missing
             break
 
-    records = [TeacherRecord(q, tuple(tally.kept[q.id])) for q in questions if tally.kept[q.id]]
+    records, choice_counts, relabelled = _records(tally, sampling.seed)
+    filtered = tally.filtered + choice_counts
+    kept = {r.question.id: len(r.rationales) for r in records}
     report = {
         "model": sampling.model,
+        "prompt_mode": sampling.prompt_mode,
+        "post_processing": {"paper_retry": sampling.paper_retry, **dataclasses.asdict(options)},
         "questions": len(questions),
         "records": len(records),
         "samples_wanted": sampling.samples,
-        "samples_kept": sum(len(k) for k in tally.kept.values()),
+        "samples_kept": sum(kept.values()),
         "rounds": rounds_used,
-        "filtered": dict(tally.filtered),
+        "filtered": {reason: filtered[reason] for reason in FILTER_REASONS},
         "requests": {
             "planned": planned_count,
             "from_cache": cached_count,
@@ -109,10 +173,11 @@ def generate(
         },
         "tokens": dict(tally.tokens),  # every response used, cached or new
         "cost_usd": pricing.cost_usd(prices, tally.tokens["prompt"], tally.tokens["completion"]),
-        "failed_questions": [q.id for q in questions if not tally.kept[q.id]],
+        "relabelled": len(relabelled),  # questions whose training label is the teacher's vote, not the gold answer
+        "relabelled_questions": relabelled,
+        "failed_questions": [q.id for q in questions if q.id not in kept],
         "short_questions": [
-            {"id": q.id, "samples": len(tally.kept[q.id])}
-            for q in questions if 0 < len(tally.kept[q.id]) < sampling.samples
+            {"id": q.id, "samples": kept[q.id]} for q in questions if 0 < kept.get(q.id, 0) < sampling.samples
         ],
     }
     return Outcome(records, report, pending)
