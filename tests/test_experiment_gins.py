@@ -80,14 +80,17 @@ def test_experiment_gin_parses_and_builds_its_model_and_datasets(experiment, req
     data_dir, vocabulary = data_location(dataset, request)
     tinythinker_tasks.register_dataset(dataset, data_dir, vocabulary)
     try:
-        built = trainer.build_streams(dataset, stage_type, lengths, batch_size=4, seed=0)
+        built, stats = trainer.build_streams(dataset, stage_type, lengths, batch_size=4, seed=0)
     finally:
         tinythinker_tasks.register_dataset(dataset)
-    assert tuple(built) == formats.stages_of(stage_type)
-    for stream in built.values():
+    assert lengths is None  # the paper's setting: every example whole
+    assert tuple(built) == tuple(stats) == formats.stages_of(stage_type)
+    for stage, stream in built.items():
         batch = stream.batch(epoch=0, index=0)
         assert batch["encoder_input_tokens"].shape[0] == 4
-        assert batch["encoder_input_tokens"].shape[1] <= lengths["inputs"]
+        assert stats[stage]["examples_cut"] == stats[stage]["tokens_cut"] == 0
+        assert stats[stage]["max_input_tokens"] <= batch["encoder_input_tokens"].shape[1]
+        assert stats[stage]["max_target_tokens"] <= batch["decoder_target_tokens"].shape[1]
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ def test_pair_blocks_follow_the_paper():
     counts = {"recall": 70, "analyze": 300}
     assert iteration.pair_blocks(counts, "recall_analyze", 32) == (("recall", 3), ("analyze", 15))
     assert iteration.pair_blocks(counts, "recall", 32) == (("recall", 3),)
-    assert iteration.pair_blocks(counts, "analyze", 32) == (("analyze", 15),)
+    assert iteration.pair_blocks(counts, "analyze", 32) == (("analyze", 10),)  # 300 // 32 + 1, as run_dpo
     assert iteration.pair_blocks({"recall": 70, "analyze": 0}, "recall_analyze", 32) == (("recall", 3),)
     assert iteration.pair_blocks({"recall": 0, "analyze": 0}, "recall_analyze", 32) == ()
 
@@ -143,13 +143,14 @@ def test_recall_and_analyze_pairs_train_in_blocks(sft_model_dir, prepared_toywor
     records.write_json(os.path.join(pairs_dir, "counts.json"),
                        {"recall": 5, "analyze": 12, "questions": 5, "wall_seconds": 0.0})
     result = run(model_dir, prepared_toyworld, batch_size=4)
-    # Blocks: recall 5 // 4 + 1 = 2 steps, analyze (12 // 5 + 1) x 2 = 6 steps; a round is one pass over
-    # each (2 + 3 batches), and two rounds are trained.
+    # Blocks: recall 5 // 4 + 1 = 2 steps, analyze (12 // 5 + 1) x 2 = 6 steps; a round is their sum, 8
+    # steps, and two rounds are trained, as the official run_dpo. The analyze stream (3 batches) runs out
+    # within its block, so every 5 steps are one pass over both streams and the next epoch starts.
     rows = metrics(model_dir)
-    assert [row["step"] for row in rows] == list(range(1, 11))
-    assert [("loss/recall" in row, "loss/analyze" in row) for row in rows[:5]] == \
-        [(True, False)] * 2 + [(False, True)] * 3
-    assert result.best_step in (5, 10)
+    assert [row["step"] for row in rows] == list(range(1, 17))
+    assert [("loss/recall" in row, "loss/analyze" in row) for row in rows] == \
+        ([(True, False)] * 2 + [(False, True)] * 3) * 3 + [(True, False)]
+    assert result.best_step in (8, 16)
 
 
 def test_only_a_finished_previous_phase_is_the_reference(sft_model_dir, tmp_path, monkeypatch):

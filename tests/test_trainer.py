@@ -73,6 +73,9 @@ def test_run_writes_configs_metrics_checkpoint_and_best_model(uncut):
     assert json.load(open(os.path.join(uncut, "best", "best.json")))["step"] == STEPS
     assert json.load(open(os.path.join(uncut, "done.json")))["best_step"] == STEPS
     assert os.path.isdir(os.path.join(uncut, "tensorboard", "train"))
+    stats = json.load(open(os.path.join(uncut, "data_stats.json")))
+    assert list(stats) == ["recall", "analyze", "summarize"]
+    assert all(entry["examples_cut"] == entry["tokens_cut"] == 0 for entry in stats.values())
 
 
 def test_sigterm_saves_and_the_same_command_resumes_identically(uncut, small_toyworld, tmp_path, monkeypatch):

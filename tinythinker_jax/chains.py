@@ -26,12 +26,18 @@ class Vocabulary(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class ChainSettings:
+    """How the chain decodes. The limits are the official code's: generation stops at EOS or after 200
+    tokens in every stage, and no input is cut. A finished row stops at its EOS, so the 200-token limit
+    costs only the rows that run on; lower caps save time on models that ramble."""
+
     recall: decoding.SamplingConfig = GREEDY
     analyze: decoding.SamplingConfig = GREEDY
     summarize: decoding.SamplingConfig = GREEDY
-    max_input_length: int = 200  # inputs are cut as in training: first max-1 tokens, then EOS
-    max_decode_length: int = 128  # recall and analyses
-    max_summary_length: int = 16  # "So the answer is option X." is 8 T5 tokens
+    # None: inputs whole. A cap cuts longer inputs as seqio does (first max - 1 tokens, then EOS) and the
+    # runner counts the cuts; training raises it to its widest input.
+    max_input_length: Optional[int] = None
+    max_decode_length: int = 200  # recall and analyses
+    max_summary_length: int = 200  # "So the answer is option X." is 8 T5 tokens, then EOS
     batch_size: int = 64  # decoded rows per call: inputs x samples
 
 
@@ -48,10 +54,17 @@ class ChainRunner:
 
     def __init__(self, model: T5Transformer, vocabulary: Vocabulary, settings: ChainSettings = ChainSettings()):
         self.model, self.vocabulary, self.settings = model, vocabulary, settings
+        self.inputs_cut = 0  # distinct stage inputs longer than `max_input_length`, cut to it
+        self.tokens_cut = 0
 
     def _encode(self, text: str) -> list[int]:
-        ids = list(self.vocabulary.encode(text))[: self.settings.max_input_length - 1]
-        return ids + [self.model.config.eos_id]
+        ids = list(self.vocabulary.encode(text)) + [self.model.config.eos_id]
+        limit = self.settings.max_input_length
+        if limit is not None and len(ids) > limit:
+            self.inputs_cut += 1
+            self.tokens_cut += len(ids) - limit
+            ids = ids[: limit - 1] + [self.model.config.eos_id]
+        return ids
 
     def _generate(self, texts: Sequence[str], sampling: decoding.SamplingConfig, max_length: int, seed: int) -> list[str]:
         """One output per text. Every distinct text is encoded once: greedy requests for it share one
@@ -115,8 +128,18 @@ class ChainRunner:
 
 
 def vote(chains: Sequence[Chain]) -> Optional[str]:
-    """Self-consistency: the most common parsed answer (earliest chain wins a tie); None if none parses."""
-    counts = collections.Counter(chain.prediction for chain in chains if chain.prediction is not None)
+    """Self-consistency as the official `Counter(predictions).most_common(1)[0][0]`.
+
+    "No answer" (None) is a candidate like any option, so a question where it is more common than every
+    option gets None, which counts as wrong; a tie goes to the answer whose first chain comes first.
+
+    Args:
+        chains: One question's chains.
+
+    Returns:
+        The most common prediction, None included; None for no chains.
+    """
+    counts = collections.Counter(chain.prediction for chain in chains)
     return counts.most_common(1)[0][0] if counts else None
 
 

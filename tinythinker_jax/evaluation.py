@@ -6,9 +6,52 @@ from typing import Optional, Sequence
 
 import jax
 
-from tinythinker_jax import chains, partitioning
+from tinythinker_jax import chains, formats, partitioning
 from tinythinker_jax.data.records import Question, write_json, write_jsonl
 from tinythinker_jax.models import checkpoints, decoding
+
+STAGES = (formats.RECALL, formats.ANALYZE, formats.SUMMARIZE)
+# Self-consistency as the official generate.py samples its test chains (GenerationConfiguration with
+# generation_file "test"): recall and analyses at temperature 0.7 over every token (top_k 0), the summary
+# greedy, so that each chain's answer is the one its sampled reasoning leads to.
+SELF_CONSISTENCY = decoding.SamplingConfig(temperature=0.7)
+SAMPLED_STAGES = (formats.RECALL, formats.ANALYZE)
+
+
+def default_sampling(num_chains: int) -> decoding.SamplingConfig:
+    """The sampling of the sampled stages when none is given.
+
+    Args:
+        num_chains: Chains per question.
+
+    Returns:
+        Greedy decoding for one chain; the official self-consistency sampling for several.
+    """
+    return SELF_CONSISTENCY if num_chains > 1 else chains.GREEDY
+
+
+def stage_settings(chain_settings: chains.ChainSettings, sampling: decoding.SamplingConfig,
+                   sampled_stages: Sequence[str] = SAMPLED_STAGES) -> chains.ChainSettings:
+    """Per-stage decoding: `sampling` for the sampled stages, greedy for the others.
+
+    Args:
+        chain_settings: The chain's limits (its sampling configs are replaced).
+        sampling: How the sampled stages decode.
+        sampled_stages: Stages that use `sampling`; add "summarize" to sample every stage.
+
+    Returns:
+        `chain_settings` with one sampling config per stage.
+    """
+    unknown = sorted(set(sampled_stages) - set(STAGES))
+    if unknown:
+        raise ValueError(f"unknown stages {unknown} to sample; expected some of {list(STAGES)}")
+    return dataclasses.replace(chain_settings, **{
+        stage: sampling if stage in sampled_stages else chains.GREEDY for stage in STAGES})
+
+
+def sampling_summary(settings: chains.ChainSettings) -> dict[str, dict]:
+    """The per-stage sampling settings as `summary_<split>.json` records them."""
+    return {stage: dataclasses.asdict(getattr(settings, stage)) for stage in STAGES}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +88,8 @@ def evaluate(
         write_jsonl(predictions_path, rows)
         write_json(summary_path, {
             "split": split, "stage_type": stage_type, "num_questions": len(questions), "num_chains": num_chains,
-            "accuracy": accuracy, **(extra_summary or {}),
+            "accuracy": accuracy, "inputs_cut": runner.inputs_cut, "tokens_cut": runner.tokens_cut,
+            **(extra_summary or {}),
         })
     return EvaluationResult(accuracy, len(questions), predictions_path, summary_path)
 
@@ -56,26 +100,47 @@ def evaluate_checkpoint_on_mesh(
     mesh_model: int = 1, parameter_partitioning_dims: int = 1, extra_summary: Optional[dict] = None,
 ) -> EvaluationResult:
     """`evaluate` with the checkpoint's model laid out on a ('data', 'model') mesh of every device, as training
-    lays it out, so that a model too large for one device is evaluated too. Every process must run it."""
+    lays it out, so that a model too large for one device is evaluated too. Every process must run it.
+    The summary records each stage's sampling settings."""
     mesh = partitioning.create_mesh(data=mesh_data, model=mesh_model)
     rules = partitioning.standard_logical_axis_rules(parameter_partitioning_dims=parameter_partitioning_dims)
     with partitioning.activate(mesh, rules):
         model = checkpoints.load_model(checkpoint_path, dtype=dtype, mesh=mesh, rules=rules)
         runner = chains.ChainRunner(model, checkpoints.load_vocabulary(checkpoint_path), settings)
         return evaluate(runner, questions, out_dir, split=split, stage_type=stage_type, num_chains=num_chains,
-                        seed=seed, extra_summary=extra_summary)
+                        seed=seed, extra_summary={"sampling": sampling_summary(settings), **(extra_summary or {})})
 
 
 def evaluate_checkpoint(
     *, checkpoint_path: str, mixture_or_task_name: str, output_dir: str, split: str = "test", num_chains: int = 1,
-    sampling: decoding.SamplingConfig = decoding.SamplingConfig(),
+    sampling: Optional[decoding.SamplingConfig] = None, sampled_stages: Sequence[str] = SAMPLED_STAGES,
     chain_settings: chains.ChainSettings = chains.ChainSettings(), data_dir: Optional[str] = None,
     max_questions: Optional[int] = None, seed: int = 0, dtype: Optional[str] = None, mesh_data: int = -1,
     mesh_model: int = 1, parameter_partitioning_dims: int = 1,
 ) -> EvaluationResult:
     """`evaluate` on a model checkpoint; the stage mixture names the dataset and the chain's stage type.
 
-    `sampling` applies to every stage (greedy by default; with `num_chains` > 1, a self-consistency vote).
+    Args:
+        checkpoint_path: A model checkpoint, e.g. MODEL_DIR/best.
+        mixture_or_task_name: A stage mixture, `tinythinker.<dataset>.<stage_type>_stages`.
+        output_dir: Where `predictions_<split>.jsonl` and `summary_<split>.json` go.
+        split: The split evaluated.
+        num_chains: Chains per question; more than one votes (self-consistency).
+        sampling: How `sampled_stages` decode; None: `default_sampling(num_chains)`, greedy for one chain,
+            the official self-consistency (temperature 0.7, top_k 0) for several.
+        sampled_stages: The stages that use `sampling`, the others decode greedily; the official
+            self-consistency samples recall and analyze, ("recall", "analyze", "summarize") samples all.
+        chain_settings: The chain's limits.
+        data_dir: The dataset directory (default: the data root's).
+        max_questions: Evaluates the first this many questions only.
+        seed: The sampling seed.
+        dtype: Compute dtype (default: as saved).
+        mesh_data: The mesh's 'data' axis (-1: the devices left).
+        mesh_model: The mesh's 'model' axis.
+        parameter_partitioning_dims: 2 also shards the parameters over 'data'.
+
+    Returns:
+        The accuracy and where the files went.
     """
     import tinythinker_tasks
     from tinythinker_jax.data import locations, prepare
@@ -85,10 +150,11 @@ def evaluate_checkpoint(
     prepare.ensure_prepared(dataset, data_dir)
     tinythinker_tasks.register_dataset(dataset, data_dir, checkpoints.vocab_path(checkpoint_path))
     questions = tinythinker_tasks.load_questions(dataset, split)[:max_questions]
-    settings = dataclasses.replace(chain_settings, recall=sampling, analyze=sampling, summarize=sampling)
+    if sampling is None:
+        sampling = default_sampling(num_chains)
+    settings = stage_settings(chain_settings, sampling, sampled_stages)
     return evaluate_checkpoint_on_mesh(
         checkpoint_path, questions, output_dir, settings, split=split, stage_type=stage_type, num_chains=num_chains,
         seed=seed, dtype=dtype, mesh_data=mesh_data, mesh_model=mesh_model,
         parameter_partitioning_dims=parameter_partitioning_dims,
-        extra_summary={"checkpoint": checkpoint_path, "dataset": dataset,
-                       **{f"sampling_{k}": v for k, v in dataclasses.asdict(sampling).items()}})
+        extra_summary={"checkpoint": checkpoint_path, "dataset": dataset})

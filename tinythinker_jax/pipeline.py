@@ -7,10 +7,9 @@ trainers inside resume from their own checkpoints. `MODEL_DIR/pipeline.json` is 
 piece and is what `report` reads.
 """
 
-import dataclasses
 import os
 import time
-from typing import Optional
+from typing import Optional, Sequence
 
 import gin
 import jax
@@ -83,6 +82,7 @@ def run_pipeline(
     iterations: int = 5,
     test_num_chains: int = 0,
     test_temperature: float = 0.7,
+    test_sampled_stages: Sequence[str] = evaluation.SAMPLED_STAGES,
     max_test_questions: Optional[int] = None,
     data_dir: Optional[str] = None,
     chain_settings: chains.ChainSettings = chains.ChainSettings(),
@@ -92,7 +92,9 @@ def run_pipeline(
 ) -> Optional[dict]:
     """Runs (or continues) the pipeline; None when SIGTERM stopped it (run it again to resume). The test
     split is evaluated on the mesh that `mesh_data`, `mesh_model` and `parameter_partitioning_dims` describe
-    (in gin, the training mesh's)."""
+    (in gin, the training mesh's), greedily and, with `test_num_chains` > 1, by a self-consistency vote
+    whose chains sample `test_sampled_stages` at `test_temperature` (top_k 0) and decode the rest greedily:
+    by default the official code's recall and analyze at 0.7, the summary greedy."""
     locations.require_local(model_dir)
     started = time.time()
     dataset, stage_type = tinythinker_tasks.parse_stage_mixture(mixture_or_task_name)
@@ -119,13 +121,17 @@ def run_pipeline(
     state["data"] = _data_summary(data_dir, stage_type)
     tinythinker_tasks.register_dataset(dataset, data_dir, checkpoints.vocab_path(checkpointing.best_dir(sft_dir)))
     test_questions = tinythinker_tasks.load_questions(dataset, "test")[:max_test_questions]
-    sampled = decoding.SamplingConfig(temperature=test_temperature)
-    voting = dataclasses.replace(chain_settings, recall=sampled, analyze=sampled, summarize=sampled)
+    # The chains read generated text: a cap, if set, never cuts below the widest input phase 1 trained on.
+    chain_settings = trainer.chain_settings_for(
+        chain_settings, checkpointing.read_marker(os.path.join(sft_dir, trainer.DATA_STATS)) or {})
+    voting = evaluation.stage_settings(chain_settings, decoding.SamplingConfig(temperature=test_temperature),
+                                       test_sampled_stages)
     mesh_settings = {"mesh_data": mesh_data, "mesh_model": mesh_model,
                      "parameter_partitioning_dims": parameter_partitioning_dims}
 
     def tested(phase: dict, phase_dir: str) -> dict:
         best = checkpointing.best_dir(phase_dir)
+        phase["data_stats"] = checkpointing.read_marker(os.path.join(phase_dir, trainer.DATA_STATS))
         phase["test_accuracy"] = _test_accuracy(best, os.path.join(phase_dir, "test"), test_questions,
                                                 chain_settings, **mesh_settings)
         phase["test_self_consistency_accuracy"] = None

@@ -27,6 +27,8 @@ _SFT_KEYS = ("batch_size", "learning_rate", "epochs", "interval")
 _REFLECT_KEYS = ("iterations", "batch_size", "learning_rate", "beta", "alpha", "num_samples", "temperature", "rounds")
 _ACCURACY_KEYS = ("validation_accuracy", "test_accuracy", "test_self_consistency_accuracy")
 _SFT_PHASE = "sft"
+_DATA_STATS_KEYS = ("examples", "max_input_tokens", "max_target_tokens", "input_length", "target_length",
+                    "examples_cut", "tokens_cut")
 
 
 # --- Reading pipeline.json ---------------------------------------------------------------------------
@@ -133,7 +135,17 @@ def _phase(fields: JsonFields, index: int) -> dict[str, Any]:
     phase["best_step"] = _optional(fields, "best_step", int)
     phase["pairs"] = _number_map(fields, "pairs", int)
     phase["wall_seconds_by_step"] = _number_map(fields, "wall_seconds_by_step", float)
+    phase["data_stats"] = _data_stats(fields)
     return phase
+
+
+def _data_stats(fields: JsonFields) -> dict[str, dict[str, Any]] | None:
+    """A phase's `data_stats.json` (per stream: sizes and what an explicit length cut); None while missing."""
+    if _optional(fields, "data_stats", dict) is None:
+        return None
+    streams = fields.child("data_stats")
+    return {name: {key: _optional(streams.child(name), key, int) for key in _DATA_STATS_KEYS}
+            for name in streams.obj}
 
 
 def _data(fields: JsonFields, phases: list[dict[str, Any]]) -> dict[str, Any]:
@@ -198,7 +210,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"# {_cell(config['dataset'])} · {_cell(config['model'])}",
         f"TinyThinker pipeline run `{summary['run']}`.",
         "## Configuration\n\n" + _config_table(config),
-        "## Data\n\n" + _data_table(summary["data"]) + _pairs_section(summary["data"]["pairs"]),
+        "## Data\n\n" + _data_table(summary["data"]) + _pairs_section(summary["data"]["pairs"])
+        + _lengths_section(summary["phases"]),
         "## Accuracy\n\n" + _accuracy_table(summary["phases"]),
         _headline(summary),
         f"Total wall time: {_duration(summary['wall_seconds'])}.",
@@ -237,6 +250,18 @@ def _pair_cells(counts: dict[str, int] | None, stages: list[str]) -> list[str]:
         return [MISSING] * (len(stages) + 1)
     known = [counts.get(stage) for stage in stages]
     return [_cell(count) for count in known] + [_cell(sum(count for count in known if count is not None))]
+
+
+def _lengths_section(phases: list[dict[str, Any]]) -> str:
+    """Each phase's streams as trained: the longest example, the padded width and what was cut (0 unless an
+    explicit TASK_FEATURE_LENGTHS was shorter than the data)."""
+    rows = [[phase["name"], stream, *(_cell(entry[key]) for key in _DATA_STATS_KEYS)]
+            for phase in phases for stream, entry in (phase["data_stats"] or {}).items()]
+    if not rows:
+        return ""
+    header = ["phase", "stream", "examples", "longest input", "longest target", "input width", "target width",
+              "examples cut", "tokens cut"]
+    return "\n\nLengths in tokens (`data_stats.json`):\n\n" + _table(header, rows)
 
 
 def _accuracy_table(phases: list[dict[str, Any]]) -> str:

@@ -5,6 +5,7 @@ Configured by flags, or T5X-style by gin (`--gin_file=gin/runs/evaluate.gin` plu
 """
 
 import argparse
+import dataclasses
 
 from tinythinker_jax import gin_utils
 from tinythinker_jax.commands.train import add_distributed_flags, initialize_distributed
@@ -16,7 +17,6 @@ def _evaluate(args) -> int:
 
     import tinythinker_tasks
     from tinythinker_jax import chains, evaluation
-    from tinythinker_jax.models import decoding
 
     if args.gin_file:
         gin_utils.parse_gin_flags(args)
@@ -27,14 +27,23 @@ def _evaluate(args) -> int:
         result = evaluation.evaluate_checkpoint(
             checkpoint_path=args.checkpoint, mixture_or_task_name=tinythinker_tasks.stage_mixture_name(
                 args.dataset, args.stage_type), output_dir=args.out_dir, split=args.split, num_chains=args.num_chains,
-            sampling=decoding.SamplingConfig(args.temperature, args.top_k, args.top_p),
-            chain_settings=chains.ChainSettings(max_input_length=args.max_input_length,
-                                                max_decode_length=args.max_decode_length, batch_size=args.batch_size),
+            sampling=_sampling(args, evaluation.default_sampling(args.num_chains)),
+            sampled_stages=tuple(args.sampled_stages.split(",")),
+            chain_settings=chains.ChainSettings(
+                max_input_length=args.max_input_length, max_decode_length=args.max_decode_length,
+                max_summary_length=args.max_summary_length, batch_size=args.batch_size),
             data_dir=args.data_dir, max_questions=args.max_questions, seed=args.seed, dtype=args.dtype,
             mesh_data=args.mesh_data, mesh_model=args.mesh_model,
             parameter_partitioning_dims=args.parameter_partitioning_dims)
     print(f"accuracy {result.accuracy:.4f} on {result.num_questions} questions -> {result.summary_path}")
     return 0
+
+
+def _sampling(args, default):
+    """`default` (greedy for one chain, the official self-consistency for several) with the sampling flags
+    that were given."""
+    given = {name: getattr(args, name) for name in ("temperature", "top_k", "top_p") if getattr(args, name) is not None}
+    return dataclasses.replace(default, **given)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -48,13 +57,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out_dir")
     parser.add_argument("--stage_type", default="full", help="full, summarize, recall_summarize, analyze_summarize")
     parser.add_argument("--num_chains", type=int, default=1, help="chains per question; >1 votes (self-consistency)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily")
-    parser.add_argument("--top_k", type=int, default=0)
-    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float,
+                        help="of the sampled stages; 0 decodes greedily (default: 0.7 with --num_chains > 1, "
+                             "as the official self-consistency, else 0)")
+    parser.add_argument("--top_k", type=int, help="0 keeps every token (default: 0)")
+    parser.add_argument("--top_p", type=float, help="1 keeps every token (default: 1)")
+    parser.add_argument("--sampled_stages", default="recall,analyze",
+                        help="the stages that sample, the others decode greedily (default: the official "
+                             "self-consistency's; recall,analyze,summarize samples every stage)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max_questions", type=int)
-    parser.add_argument("--max_input_length", type=int, default=200)
-    parser.add_argument("--max_decode_length", type=int, default=128)
+    parser.add_argument("--max_input_length", type=int,
+                        help="cut longer stage inputs to this many tokens and count them in the summary "
+                             "(default: no cut, as the official code)")
+    parser.add_argument("--max_decode_length", type=int, default=200,
+                        help="tokens a recall or analysis may run to (default: 200, the official limit)")
+    parser.add_argument("--max_summary_length", type=int, default=200,
+                        help="tokens a summary may run to (default: 200, the official limit)")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--dtype", help="compute dtype, e.g. bfloat16 on accelerators (default: as saved)")
     parser.add_argument("--mesh_data", type=int, default=-1, help="the mesh's 'data' axis (-1: the devices left)")

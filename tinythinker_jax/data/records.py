@@ -10,8 +10,10 @@ import json
 import os
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from tinythinker_jax.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """Bad input, located by file, line and field so a user can fix it."""
 
     def __init__(self, path: str, line: int | None, field: str | None, message: str):

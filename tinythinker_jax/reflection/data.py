@@ -12,13 +12,12 @@ from typing import Sequence
 
 import jax
 import numpy as np
-import seqio
 from flax import nnx
 from tqdm import tqdm
 
 from tinythinker_jax import partitioning
+from tinythinker_jax.data import lengths
 from tinythinker_jax.data.records import DataError, JsonFields, iter_json_lines, write_jsonl
-from tinythinker_jax.models import batching
 from tinythinker_jax.models.t5 import T5Transformer
 from tinythinker_jax.reflection import losses
 
@@ -50,31 +49,24 @@ def write_scored_pairs(path: str, rows: Sequence[dict], reference: np.ndarray) -
                        for row, (c, r) in zip(rows, reference)])
 
 
-def _padded(sequences: Sequence[np.ndarray], limit: int) -> np.ndarray:
-    """[n, bucket] int32, the bucket of the longest sequence (sequences are already cut to `limit`)."""
-    length = min(batching.bucket_length(max((len(s) for s in sequences), default=1)), limit)
-    padded = np.zeros((len(sequences), length), np.int32)
-    for row, sequence in enumerate(sequences):
-        padded[row, : len(sequence)] = sequence
-    return padded
-
-
-def load_pair_arrays(task_name: str, feature_lengths: dict[str, int]) -> dict[str, np.ndarray]:
-    """Every pair of a task: prompt, chosen and rejected token ids (cut as in SFT: EOS kept), the reference
-    scores when the file has them, and a weight of 1 per real pair."""
-    task = seqio.get_mixture_or_task(task_name)
-    lengths = {"inputs": feature_lengths["inputs"], "chosen": feature_lengths["targets"],
-               "rejected": feature_lengths["targets"]}
-    examples = list(task.get_dataset(sequence_length=lengths, split="train", shuffle=False).as_numpy_iterator())
+def load_pair_arrays(task_name: str,
+                     feature_lengths: lengths.FeatureLengths = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Every pair of a task, whole unless `feature_lengths` cuts it (the `targets` length applies to chosen
+    and rejected): prompt, chosen and rejected token ids, the reference scores (NaN before scoring), a
+    weight of 1 per real pair; and the pair set's length statistics (`lengths.stream_stats`)."""
+    columns = lengths.read_task_features(task_name, ("inputs", "chosen", "rejected"), scalars=REFERENCE_FIELDS)
+    inputs = lengths.fit_feature(columns["inputs"], lengths.requested_length(feature_lengths, "inputs"))
+    targets = {key: lengths.fit_feature(columns[key], lengths.requested_length(feature_lengths, "targets"))
+               for key in ("chosen", "rejected")}
     arrays = {
-        "encoder_input_tokens": _padded([e["inputs"] for e in examples], lengths["inputs"]),
-        "chosen_targets": _padded([e["chosen"] for e in examples], lengths["chosen"]),
-        "rejected_targets": _padded([e["rejected"] for e in examples], lengths["rejected"]),
-        "pair_weights": np.ones(len(examples), np.float32),
+        "encoder_input_tokens": inputs.tokens,
+        "chosen_targets": targets["chosen"].tokens,
+        "rejected_targets": targets["rejected"].tokens,
+        "pair_weights": np.ones(len(columns["inputs"]), np.float32),
     }
     for key in REFERENCE_FIELDS:
-        arrays[key] = np.array([e[key] for e in examples], np.float32)
-    return arrays
+        arrays[key] = np.array(columns[key], np.float32)
+    return arrays, lengths.stream_stats(inputs, list(targets.values()), feature_lengths)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -25,7 +25,7 @@ from flax import nnx
 
 import tinythinker_tasks
 from tinythinker_jax import chains, partitioning
-from tinythinker_jax.data import locations, records
+from tinythinker_jax.data import lengths, locations, records
 from tinythinker_jax.models import t5
 from tinythinker_jax.reflection import data as pair_data
 from tinythinker_jax.reflection import losses, sampling
@@ -57,13 +57,42 @@ def reference_checkpoint(model_dir: str, iteration: int) -> str:
 
 
 def pair_blocks(counts: dict[str, int], stage_type: str, batch_size: int) -> tuple[tuple[str, int], ...]:
-    """The paper's blocks: recall = one pass over the recall pairs (pairs // batch + 1 steps), analyze =
-    (analyze pairs // recall pairs + 1) x the recall block; stages without pairs are left out."""
-    if counts["recall"] == 0:
-        return ()
-    recall_block = counts["recall"] // batch_size + 1
-    lengths = {"recall": recall_block, "analyze": (counts["analyze"] // counts["recall"] + 1) * recall_block}
+    """The blocks of the official `dpo.py` (`run_dpo`).
+
+    Recall: recall pairs // batch + 1 steps. Analyze: (analyze pairs // recall pairs + 1) x the recall
+    block when both are trained; in the analyze-only ablation (and, never produced by sampling, analyze
+    pairs without recall pairs), analyze pairs // batch + 1 steps.
+
+    Args:
+        counts: Pairs per stage (`recall`, `analyze`).
+        stage_type: A key of `STAGE_TYPES`: the pair sets trained.
+        batch_size: Pairs per step.
+
+    Returns:
+        (stage, steps) per trained stage that has pairs, in training order.
+    """
+    lengths = {stage: counts[stage] // batch_size + 1 for stage in ("recall", "analyze")}
+    if stage_type == "recall_analyze" and counts["recall"] > 0:
+        lengths["analyze"] = (counts["analyze"] // counts["recall"] + 1) * lengths["recall"]
     return tuple((stage, lengths[stage]) for stage in STAGE_TYPES[stage_type] if counts[stage] > 0)
+
+
+def training_steps(blocks: tuple[tuple[str, int], ...], rounds: int) -> tuple[int, int]:
+    """The official `run_dpo`'s schedule: a round is the sum of the blocks' steps, with validation and a
+    checkpoint after each, and training runs `rounds` of them (the cosine schedule spans them all).
+
+    A stream exhausted within its block is skipped and a new epoch starts once all are (`BlockSchedule`),
+    so a round may end inside a later epoch than it started in, as in the official loop.
+
+    Args:
+        blocks: `pair_blocks`' (stage, steps).
+        rounds: Rounds to train (the official 10).
+
+    Returns:
+        (total steps, steps per round).
+    """
+    round_steps = sum(length for _, length in blocks)
+    return rounds * round_steps, round_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +110,8 @@ def run_iteration(
     model_dir: str,
     iteration: int,
     mixture_or_task_name: str,
-    task_feature_lengths: dict[str, int],
     model_config: t5.T5Config,
+    task_feature_lengths: lengths.FeatureLengths = None,
     stage_type: str = "recall_analyze",
     batch_size: int = 32,
     rounds: int = 10,
@@ -103,7 +132,7 @@ def run_iteration(
     log_every: int = 10,
 ) -> IterationResult:
     """Iteration `iteration` (1, 2, ...) under `model_dir`; `max_questions` samples on the first training
-    questions only (the paper uses all)."""
+    questions that have teacher records only (the paper uses all of them)."""
     if stage_type not in STAGE_TYPES:
         raise ValueError(f"unknown reflection stage type {stage_type!r}; expected one of {sorted(STAGE_TYPES)}")
     if iteration < 1:
@@ -121,6 +150,10 @@ def run_iteration(
                                 f"but {phase} is not finished (no {os.path.join(previous, checkpointing.DONE)}): "
                                 f"run {phase} first, or again to finish it")
     reference_path = reference_checkpoint(model_dir, iteration)
+    # The chains read generated text: never cut below the widest input phase 1 trained on.
+    phase1_stats = read_marker(os.path.join(sft_dir(model_dir), trainer.DATA_STATS))
+    if phase1_stats:
+        chain_settings = trainer.chain_settings_for(chain_settings, phase1_stats)
     dataset, chain_type, vocabulary = trainer.setup_data(mixture_or_task_name, data_dir, vocabulary_path, model_config)
     data_dir = data_dir or locations.dataset_dir(dataset)
     model_config = model_config.replace(dropout_rate=0.0)
@@ -136,9 +169,10 @@ def run_iteration(
         counts = read_marker_before_the_step(os.path.join(pairs_dir, "counts.json"))
         if counts is None:
             started = time.time()
-            questions = tinythinker_tasks.load_questions(dataset, "train")[:max_questions]
             teacher = {r.question.id: r.rationales
                        for r in records.read_teacher_records(locations.teacher_path(data_dir))}
+            questions = sampling.pair_questions(tinythinker_tasks.load_questions(dataset, "train"), teacher,
+                                                max_questions)
             counts = sampling.generate_pairs(
                 load_reference(), vocabulary, questions, teacher, pairs_dir, chain_settings, sampling_settings,
                 seed=seed * 1000 + iteration, write=jax.process_index() == 0)
@@ -157,13 +191,16 @@ def run_iteration(
         scored = read_marker_before_the_step(os.path.join(pairs_dir, "scored.json"))
         if scored is None:
             started, reference = time.time(), load_reference()
+            data_stats = {}
             for stage in stages:
-                arrays = pair_data.load_pair_arrays(pair_task(stage, scored=False), task_feature_lengths)
+                arrays, data_stats[stage] = pair_data.load_pair_arrays(pair_task(stage, scored=False),
+                                                                       task_feature_lengths)
                 scores = pair_data.score_pairs(reference, arrays, batch_size, mesh, rules)
                 if jax.process_index() == 0:
                     pair_data.write_scored_pairs(sampling.pairs_path(pairs_dir, stage, scored=True),
                                                  pair_data.read_pairs(sampling.pairs_path(pairs_dir, stage)), scores)
             del reference
+            trainer.write_data_stats(out_dir, data_stats)
             scored = {"stages": stages, "wall_seconds": time.time() - started}
             write_marker(os.path.join(pairs_dir, "scored.json"), scored)
 
@@ -177,18 +214,18 @@ def run_iteration(
                                     {"step": 0, "validation_accuracy": accuracy})
             result = loop.TrainResult(0, accuracy, step, False)
         else:
-            pair_streams = {
-                stage: streams.Stream(pair_data.load_pair_arrays(pair_task(stage, scored=True), task_feature_lengths),
-                                      batch_size, seed=seed * 1000 + index, weight_field="pair_weights")
-                for index, stage in enumerate(stages)}
+            pair_streams = {}
+            for index, stage in enumerate(stages):
+                arrays, _ = pair_data.load_pair_arrays(pair_task(stage, scored=True), task_feature_lengths)
+                pair_streams[stage] = streams.Stream(arrays, batch_size, seed=seed * 1000 + index,
+                                                     weight_field="pair_weights")
             block_schedule = schedule.BlockSchedule(blocks, {s: st.num_batches for s, st in pair_streams.items()})
-            # Every block covers its stream at least once, so a round of blocks is one pass over the pairs.
-            round_steps = block_schedule.steps_per_epoch
+            total_steps, round_steps = training_steps(blocks, rounds)
             result = loop.Loop(
                 model_dir=out_dir, name=f"reflect {iteration}", model=load_reference(), model_config=model_config,
-                vocab_path=vocabulary.sentencepiece_model_file, optimizer=create_optimizer(rounds * round_steps),
+                vocab_path=vocabulary.sentencepiece_model_file, optimizer=create_optimizer(total_steps),
                 loss_fn=losses.dpo_loss_fn(beta, alpha), streams=pair_streams, blocks=block_schedule,
-                total_steps=rounds * round_steps, eval_every=round_steps, validate=validate, mesh=mesh, rules=rules,
+                total_steps=total_steps, eval_every=round_steps, validate=validate, mesh=mesh, rules=rules,
                 batch_size=batch_size, seed=seed, keep_checkpoints=keep_checkpoints, log_every=log_every,
             ).run()
     wall = {"generate": counts["wall_seconds"], "score": scored["wall_seconds"], "train": time.time() - started}

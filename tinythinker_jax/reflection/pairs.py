@@ -1,9 +1,11 @@
 """Preference pairs from sampled three-stage chains (issue 5, steps 2-4 and 6-7).
 
-Recall pairs come from the N chains sampled per question; analyze pairs from the N chains sampled per
+Recall pairs come from the N chains sampled per question; analyze pairs from the chains sampled per
 (question, chosen recall). Each row is `{"prompt", "chosen", "rejected"}`, JSON-able for `write_jsonl`.
-Every prompt comes from `formats`, and texts are stripped exactly as SFT targets are, so a pair's
-targets are what the student would have been trained to write.
+Every prompt comes from `formats`. Every text is closed with `formats.close_sentence` before the chosen
+and rejected sets are formed, as the official code reads its texts back from prompts built with that
+rule: a text is what the next stage read, an empty sample becomes ".", and texts that differ only by
+the closing `.` are one text.
 
 All randomness comes from the `random.Random` passed in, and every set is sorted before it is sampled,
 so the rows are a function of the chains and the seed.
@@ -20,7 +22,11 @@ T = TypeVar("T")
 
 
 def _top_up(chosen: list[T], rejected: list[T], candidates: Sequence[T], rng: random.Random) -> list[T]:
-    """Chosen items grown towards len(rejected) with candidates: fresh ones first, then repeats if needed."""
+    """Chosen items grown towards len(rejected) with candidates: fresh ones first, then repeats if needed.
+
+    A candidate equal to a rejected item is never used: that pair would ask the model to prefer a text
+    to itself.
+    """
     missing = len(rejected) - len(chosen)
     usable = sorted(set(candidates) - set(rejected))
     if missing <= 0 or not usable:
@@ -37,6 +43,15 @@ def balanced_pairs(chosen: set[T], rejected: set[T], top_up: Sequence[T], rng: r
 
     More chosen: rejected resampled with replacement. More rejected: chosen topped up from `top_up` (the
     teacher's texts); if even that leaves too few chosen, the surplus rejected are dropped at random.
+
+    Args:
+        chosen: The distinct texts (or analysis tuples) that led to the gold answer.
+        rejected: The distinct ones that did not.
+        top_up: Where extra chosen items come from when rejected ones outnumber them.
+        rng: The only source of randomness.
+
+    Returns:
+        (chosen, rejected) pairs.
     """
     both = chosen & rejected
     chosen_list, rejected_list = sorted(chosen - both), sorted(rejected - both)
@@ -54,33 +69,64 @@ def balanced_pairs(chosen: set[T], rejected: set[T], top_up: Sequence[T], rng: r
 
 def recall_pairs(question: Question, chains: Sequence[Chain], teacher_recalls: Sequence[str],
                  rng: random.Random) -> list[dict[str, str]]:
-    """Steps 2-4 for one question's sampled chains; an unparseable summary counts as wrong."""
-    chosen = {chain.recall.strip() for chain in chains if chain.prediction == question.answer}
-    rejected = {chain.recall.strip() for chain in chains if chain.prediction != question.answer}
-    teacher = [recall.strip() for recall in teacher_recalls]
+    """Steps 2-4 for one question's sampled chains; an unparseable summary counts as wrong.
+
+    Args:
+        question: The question the chains answered.
+        chains: Its sampled chains.
+        teacher_recalls: The teacher's recalls for it, the top-up of the chosen side.
+        rng: The only source of randomness.
+
+    Returns:
+        Rows `{"prompt", "chosen", "rejected"}` with closed recall texts.
+    """
+    chosen = {formats.close_sentence(chain.recall) for chain in chains if chain.prediction == question.answer}
+    rejected = {formats.close_sentence(chain.recall) for chain in chains if chain.prediction != question.answer}
+    teacher = [formats.close_sentence(recall) for recall in teacher_recalls]
     prompt = formats.recall_input(question)
     return [{"prompt": prompt, "chosen": good, "rejected": bad}
             for good, bad in balanced_pairs(chosen, rejected, teacher, rng)]
 
 
 def recalls_to_analyze(rows: Sequence[Mapping[str, str]]) -> list[str]:
-    """Step 5's recalls: the distinct chosen sides of one question's recall pairs (student's or teacher's)."""
-    return sorted({row["chosen"] for row in rows})
+    """Step 5's recalls: the chosen side of every one of a question's recall-pair rows, repeats included.
+
+    The official analyze pass has one entry per recall-pair row, so a recall chosen in k rows is sampled
+    k times as often as one chosen once.
+
+    Args:
+        rows: One question's recall-pair rows.
+
+    Returns:
+        Their chosen recalls, in row order.
+    """
+    return [row["chosen"] for row in rows]
 
 
 def fallback_analyses(question: Question, recall: str, chains: Sequence[Chain],
                       teacher_rationales: Sequence[Rationale]) -> list[dict[str, str]]:
-    """The analyses that went with `recall` in step 1 and reached the gold answer, else the teacher's for it."""
-    recall = recall.strip()
+    """The analyses that went with `recall` in step 1 and reached the gold answer, else the teacher's for it.
+
+    Args:
+        question: The question.
+        recall: A chosen recall, closed (as the pair rows hold it).
+        chains: The question's step-1 chains.
+        teacher_rationales: The teacher's rationales for the question.
+
+    Returns:
+        Analyses by option label, as they were generated or written.
+    """
+    recall = formats.close_sentence(recall)
     student = [dict(chain.analyses) for chain in chains
-               if chain.recall.strip() == recall and chain.prediction == question.answer]
+               if formats.close_sentence(chain.recall) == recall and chain.prediction == question.answer]
     if student:
         return student
-    return [dict(rationale.analyze) for rationale in teacher_rationales if rationale.recall.strip() == recall]
+    return [dict(rationale.analyze) for rationale in teacher_rationales
+            if formats.close_sentence(rationale.recall) == recall]
 
 
 def _analysis_tuple(question: Question, analyses: Mapping[str, str]) -> tuple[str, ...]:
-    return tuple(analyses[label].strip() for label in question.labels)
+    return tuple(formats.close_sentence(analyses[label]) for label in question.labels)
 
 
 def analyze_pairs(question: Question, recall: str, chains: Sequence[Chain],
@@ -88,6 +134,16 @@ def analyze_pairs(question: Question, recall: str, chains: Sequence[Chain],
     """Steps 6-7 for one (question, recall): two examples per pair, for the gold option and the wrong pick.
 
     Chains whose summary names no option of this question are dropped: they have no wrong pick to analyse.
+
+    Args:
+        question: The question.
+        recall: The chosen recall every chain started from.
+        chains: Every chain sampled from it (all of its recall-pair rows' chains, pooled).
+        fallback: Analyses that topped up the chosen side (`fallback_analyses`).
+        rng: The only source of randomness.
+
+    Returns:
+        Rows `{"prompt", "chosen", "rejected"}` with closed analysis texts.
     """
     parsed = [chain for chain in chains if chain.prediction in question.labels]
     chosen = {_analysis_tuple(question, c.analyses) for c in parsed if c.prediction == question.answer}

@@ -10,7 +10,7 @@ import dataclasses
 import os
 import random
 import zlib
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 from tqdm import tqdm
 
@@ -21,11 +21,15 @@ from tinythinker_jax.reflection import pairs
 from tinythinker_jax.training.checkpointing import read_marker
 
 PAIR_STAGES = ("recall", "analyze")
+# The rules a chunk's rows were built under, recorded with the chunks: changed whenever the rows' meaning
+# changes, so that chunks from older rules are refused instead of mixed in. 2: the official code's (texts
+# closed, a pool of questions with teacher rationales, step-5 chains per recall-pair row).
+PAIR_RULES = 2
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplingSettings:
-    num_samples: int = 10  # N chains per question (step 1) and per (question, chosen recall) (step 5)
+    num_samples: int = 10  # N chains per question (step 1) and per recall-pair row's chosen recall (step 5)
     temperature: float = 0.7
     chunk_size: int = 256  # questions per resumable unit
 
@@ -34,9 +38,48 @@ def _seed(*parts) -> int:
     return zlib.crc32(":".join(map(str, parts)).encode())
 
 
+def pair_questions(questions: Sequence[Question], teacher: Mapping[str, Sequence[Rationale]],
+                   max_questions: Optional[int] = None) -> list[Question]:
+    """The questions self-reflection samples, as the official pool (`recall_single.json`).
+
+    Args:
+        questions: The training questions, in split order.
+        teacher: The teacher's rationales by question id.
+        max_questions: Keeps the first this many of the pool; None keeps all (the paper).
+
+    Returns:
+        The training questions that have teacher rationales (the chosen side's top-up), capped.
+    """
+    return [question for question in questions if teacher.get(question.id)][:max_questions]
+
+
+def _pooled_by_recall(to_analyze: Sequence[tuple], second_chains: Sequence[list]) -> list[tuple]:
+    """(question, step-1 chains, recall, step-5 chains) per distinct (question, recall), in first-row
+    order: the chains of every recall-pair row that chose the recall, pooled as the official code
+    groups its analyze samples by question and recall."""
+    pooled: dict[tuple[str, str], tuple] = {}
+    for (question, question_chains, recall), recall_chains in zip(to_analyze, second_chains):
+        key = (question.id, recall)
+        pooled.setdefault(key, (question, question_chains, recall, []))[3].extend(recall_chains)
+    return list(pooled.values())
+
+
 def sample_chunk(model, vocabulary, questions: Sequence[Question], teacher: Mapping[str, Sequence[Rationale]],
                  chain_settings: chains.ChainSettings, settings: SamplingSettings, seed: int) -> list[dict]:
-    """Recall and analyze rows (`{"stage", "id", "prompt", "chosen", "rejected"}`) for some questions."""
+    """Steps 1 and 5 for some questions.
+
+    Args:
+        model: M(i-1).
+        vocabulary: Its vocabulary.
+        questions: One chunk of questions.
+        teacher: The teacher's rationales by question id.
+        chain_settings: Decoding limits; the sampling configs are set here per step.
+        settings: Samples per question and temperature.
+        seed: The chunk's seed.
+
+    Returns:
+        Recall and analyze rows `{"stage", "id", "prompt", "chosen", "rejected"}`.
+    """
     sampled = decoding.SamplingConfig(temperature=settings.temperature)
     greedy = decoding.SamplingConfig()
     n = settings.num_samples
@@ -53,13 +96,13 @@ def sample_chunk(model, vocabulary, questions: Sequence[Question], teacher: Mapp
         to_analyze += [(question, question_chains, recall) for recall in pairs.recalls_to_analyze(recall_rows)]
     if not to_analyze:
         return rows
-    # Step 5: for every chosen recall, analyze sampled and summarize greedy.
+    # Step 5: N chains per recall-pair row from its chosen recall, analyze sampled and summarize greedy.
     analyze_runner = chains.ChainRunner(model, vocabulary, dataclasses.replace(
         chain_settings, recall=greedy, analyze=sampled, summarize=greedy))
     second_chains = analyze_runner.run([question for question, _, _ in to_analyze], "full", num_chains=n,
                                        seed=_seed(seed, "analyze"),
                                        recalls=[[recall] * n for _, _, recall in to_analyze])
-    for (question, question_chains, recall), recall_chains in zip(to_analyze, second_chains):
+    for question, question_chains, recall, recall_chains in _pooled_by_recall(to_analyze, second_chains):
         rng = random.Random(_seed(seed, "analyze", question.id, recall))
         fallback = pairs.fallback_analyses(question, recall, question_chains, teacher.get(question.id, ()))
         rows += [{"stage": "analyze", "id": question.id, **row}
@@ -74,7 +117,8 @@ def pairs_path(out_dir: str, stage: str, scored: bool = False) -> str:
 
 def _check_chunk_settings(chunk_dir: str, sampled_with: dict, write: bool) -> None:
     """Finished chunks are reused only under the settings that sampled them: after a change of questions,
-    chunk size, seed or sampling settings they would be stale, and a short last chunk would pass as complete."""
+    chunk size, seed, sampling settings or pair rules they would be stale, and a short last chunk would
+    pass as complete."""
     path = os.path.join(chunk_dir, "settings.json")
     recorded = read_marker(path)
     if recorded is not None:
@@ -98,6 +142,7 @@ def generate_pairs(model, vocabulary, questions: Sequence[Question], teacher: Ma
     _check_chunk_settings(chunk_dir, {
         "questions": len(questions), "question_ids_crc32": _seed(*(question.id for question in questions)),
         "seed": seed, "sampling": dataclasses.asdict(settings), "chains": dataclasses.asdict(chain_settings),
+        "pair_rules": PAIR_RULES,
     }, write)
     starts = range(0, len(questions), settings.chunk_size)
     rows: list[dict] = []

@@ -1,43 +1,31 @@
 """Training streams: one seqio task's examples as fixed-shape arrays, shuffled per epoch, batched by position.
 
-Materialising the (tokenised, length-trimmed) examples once makes the data position two integers
+Materialising the tokenised examples once makes the data position two integers
 (epoch, batch index): checkpointing it is trivial, a resumed run gets exactly the next batch, and every
 process of a multi-host run computes the same order and takes its own rows of each global batch.
 """
 
 import numpy as np
-import seqio
 
-from tinythinker_jax.models import batching
-
-FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
+from tinythinker_jax.data import lengths
 
 
-def load_task_arrays(task_name: str, feature_lengths: dict[str, int], split: str = "train") -> dict[str, np.ndarray]:
-    """Every example of a task, through `seqio.EncDecFeatureConverter`, as [num_examples, length] arrays."""
-    task = seqio.get_mixture_or_task(task_name)
-    dataset = task.get_dataset(sequence_length=feature_lengths, split=split, shuffle=False, seed=0)
-    converted = seqio.EncDecFeatureConverter(pack=False)(dataset, feature_lengths)
-    chunks = list(converted.batch(8192).as_numpy_iterator())
-    if not chunks:
-        raise ValueError(f"task {task_name!r} has no {split} examples")
-    return _trim_to_bucket({name: np.concatenate([chunk[name] for chunk in chunks]).astype(np.int32)
-                            for name in FEATURES})
+def load_task_arrays(task_name: str, feature_lengths: lengths.FeatureLengths = None,
+                     split: str = "train") -> tuple[dict[str, np.ndarray], dict]:
+    """Every example of a task as [num_examples, width] arrays, laid out as `seqio.EncDecFeatureConverter`
+    does, and the stream's length statistics (`lengths.stream_stats`).
 
-
-def _trim_to_bucket(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Cuts padding columns no example uses, down to a shape bucket.
-
-    Stages differ a lot in length (a recall prompt is a fraction of a summarize prompt), so each stream
-    compiles the step once for its own bucket instead of paying for the longest stage's padding.
+    Each feature is as wide as its longest example needs, rounded up to a shape bucket: stages differ a lot
+    in length (a recall prompt is a fraction of a summarize prompt), so each stream compiles the step once
+    for its own bucket. `feature_lengths` may cut examples; the statistics count what was cut.
     """
-    encoder_length = batching.bucket_length(int((arrays["encoder_input_tokens"] != 0).sum(axis=1).max()))
-    decoder_length = batching.bucket_length(int((arrays["decoder_loss_weights"] != 0).sum(axis=1).max()))
-    trimmed = {}
-    for name, array in arrays.items():
-        length = encoder_length if name == "encoder_input_tokens" else decoder_length
-        trimmed[name] = np.ascontiguousarray(array[:, : min(length, array.shape[1])])
-    return trimmed
+    columns = lengths.read_task_features(task_name, ("inputs", "targets"), split)
+    if not columns["inputs"]:
+        raise ValueError(f"task {task_name!r} has no {split} examples")
+    inputs = lengths.fit_feature(columns["inputs"], lengths.requested_length(feature_lengths, "inputs"))
+    targets = lengths.fit_feature(columns["targets"], lengths.requested_length(feature_lengths, "targets"))
+    return (lengths.encoder_decoder_arrays(inputs.tokens, targets.tokens),
+            lengths.stream_stats(inputs, [targets], feature_lengths))
 
 
 class Stream:

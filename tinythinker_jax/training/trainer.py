@@ -16,22 +16,43 @@ import seqio
 
 import tinythinker_tasks
 from tinythinker_jax import chains, formats, partitioning
-from tinythinker_jax.data import benchmarks, locations, prepare
+from tinythinker_jax.data import benchmarks, lengths, locations, prepare, records
 from tinythinker_jax.models import checkpoints as model_checkpoints
 from tinythinker_jax.models import t5
 from tinythinker_jax.training import checkpointing, loop, losses, optimizers, schedule, streams
 from tinythinker_jax.training.loop import TrainResult
 
+DATA_STATS = "data_stats.json"
 
-def build_streams(dataset: str, stage_type: str, feature_lengths: dict[str, int], batch_size: int,
-                  seed: int) -> dict[str, streams.Stream]:
-    """One stream per stage of `stage_type`, in its order (which the blocks follow)."""
-    return {
-        stage: streams.Stream(
-            streams.load_task_arrays(tinythinker_tasks.stage_task_name(dataset, stage, stage_type), feature_lengths),
-            batch_size, seed=seed * 1000 + index)
-        for index, stage in enumerate(formats.stages_of(stage_type))
-    }
+
+def build_streams(dataset: str, stage_type: str, feature_lengths: lengths.FeatureLengths, batch_size: int,
+                  seed: int) -> tuple[dict[str, streams.Stream], dict[str, dict]]:
+    """One stream per stage of `stage_type`, in its order (which the blocks follow), and each stream's
+    length statistics (`data_stats.json`)."""
+    stage_streams, stats = {}, {}
+    for index, stage in enumerate(formats.stages_of(stage_type)):
+        task = tinythinker_tasks.stage_task_name(dataset, stage, stage_type)
+        arrays, stats[stage] = streams.load_task_arrays(task, feature_lengths)
+        stage_streams[stage] = streams.Stream(arrays, batch_size, seed=seed * 1000 + index)
+    return stage_streams, stats
+
+
+def write_data_stats(model_dir: str, stats: dict[str, dict]) -> None:
+    """`MODEL_DIR/data_stats.json`: per stream, its examples, longest input and target, shape buckets and
+    what an explicit `TASK_FEATURE_LENGTHS` cut; every cut is also printed."""
+    for line in lengths.describe_cuts(os.path.basename(os.path.normpath(model_dir)), stats):
+        print(f"warning: {line}")
+    if jax.process_index() == 0:
+        records.write_json(os.path.join(model_dir, DATA_STATS), stats)
+
+
+def chain_settings_for(settings: chains.ChainSettings, stats: dict[str, dict]) -> chains.ChainSettings:
+    """The chain's input cap, if any, raised to the widest training input: the chain never cuts below what
+    the model was trained on."""
+    if settings.max_input_length is None or not stats:
+        return settings
+    widest = max(entry["input_length"] for entry in stats.values())
+    return dataclasses.replace(settings, max_input_length=max(settings.max_input_length, widest))
 
 
 def setup_data(mixture_or_task_name: str, data_dir: Optional[str], vocabulary_path: Optional[str],
@@ -67,8 +88,8 @@ def train(
     *,
     model_dir: str,
     mixture_or_task_name: str,
-    task_feature_lengths: dict[str, int],
     model_config: t5.T5Config,
+    task_feature_lengths: lengths.FeatureLengths = None,
     batch_size: int = 64,
     train_steps: Optional[int] = None,
     epochs: int = 10,
@@ -97,7 +118,9 @@ def train(
     done = os.path.join(model_dir, checkpointing.DONE)
     finished_before = checkpointing.read_marker_before_the_step(done) is not None
     dataset, stage_type, vocabulary = setup_data(mixture_or_task_name, data_dir, vocabulary_path, model_config)
-    stage_streams = build_streams(dataset, stage_type, task_feature_lengths, batch_size, seed)
+    stage_streams, data_stats = build_streams(dataset, stage_type, task_feature_lengths, batch_size, seed)
+    write_data_stats(model_dir, data_stats)
+    chain_settings = chain_settings_for(chain_settings, data_stats)
     num_options = benchmarks.get_benchmark(dataset).num_options
     blocks = schedule.BlockSchedule(
         schedule.stage_blocks(list(stage_streams), interval, num_options),
