@@ -110,6 +110,7 @@ class FakeRunner:
     """Stands in for the chain runner: records its settings, and every chain answers A."""
 
     settings = None
+    inputs_cut = tokens_cut = 0
 
     def __init__(self, model, vocabulary, settings):
         FakeRunner.settings = settings
