@@ -20,18 +20,50 @@ a dataset at another directory or vocabulary.
 """
 
 import functools
+import os
 
 import numpy as np
 import seqio
 import tensorflow as tf
+from google.protobuf import message as protobuf_message
 
 from tinythinker_jax import formats
 from tinythinker_jax.data import benchmarks, examples, locations, records, tfds_builder
+from tinythinker_jax.errors import UserError
 
 # The input pipeline is host-side work; an accelerator belongs to JAX alone.
 tf.config.set_visible_devices([], "GPU")
 
 QUESTIONS = "questions"
+
+
+class TaskNameError(UserError, ValueError):
+    """A name that is not one of this project's tasks or mixtures."""
+
+
+class Vocabulary(seqio.SentencePieceVocabulary):
+    """seqio's SentencePiece vocabulary, with T5's extra ids, whose loading fails with one line that says which
+    file could not be read and how to give another, instead of a libcurl or protobuf traceback.
+
+    Load it in Python (`load_model`, `vocab_size`) before a dataset uses it: inside a tf.data function,
+    TensorFlow wraps any error in a StagingError traceback.
+    """
+
+    def __init__(self, path: str):
+        super().__init__(path, extra_ids=locations.EXTRA_IDS)
+
+    def _model_context(self):
+        if self._model:  # loaded: this runs on every tokenizer access
+            return self._model
+        path = self.sentencepiece_model_file
+        locations.check_local_vocabulary(path)
+        try:
+            return super()._model_context()
+        except tf.errors.OpError as e:
+            first_line = (str(e.message).strip().splitlines() or [type(e).__name__])[0]
+            raise locations.VocabularyError(path, f"cannot be read ({first_line})") from None
+        except (protobuf_message.DecodeError, RuntimeError) as e:
+            raise locations.VocabularyError(path, f"is not a SentencePiece model ({type(e).__name__})") from None
 
 
 def stage_task_name(dataset: str, stage: str, stage_type: str = "full") -> str:
@@ -56,7 +88,8 @@ def dataset_of_task(name: str) -> str:
     """`tinythinker.csqa.analyze` -> `csqa`."""
     parts = name.split(".")
     if len(parts) < 3 or parts[0] != "tinythinker" or parts[1] not in benchmarks.BENCHMARKS:
-        raise ValueError(f"{name!r} is not a tinythinker task name (tinythinker.<dataset>.<stage>)")
+        raise TaskNameError(f"{name!r} is not a tinythinker task name (tinythinker.<dataset>.<stage>, with dataset "
+                            f"one of {', '.join(benchmarks.BENCHMARKS)})")
     return parts[1]
 
 
@@ -66,7 +99,8 @@ def parse_stage_mixture(name: str) -> tuple[str, str]:
     suffix = name.split(".", 2)[2]
     stage_type = suffix[: -len("_stages")] if suffix.endswith("_stages") else ""
     if stage_type not in formats.STAGE_TYPES:
-        raise ValueError(f"{name!r} is not a stage mixture (tinythinker.<dataset>.<stage_type>_stages)")
+        raise TaskNameError(f"{name!r} is not a stage mixture (tinythinker.<dataset>.<stage_type>_stages, with "
+                            f"stage_type one of {', '.join(formats.STAGE_TYPES)})")
     return dataset, stage_type
 
 
@@ -97,13 +131,12 @@ def summary_accuracy(targets, predictions) -> dict[str, float]:
 
 def _stage_dataset(teacher_file: str, stage: str, stage_type: str, split: str, shuffle_files: bool, seed=None):
     del split, shuffle_files, seed  # one split, one file: shuffling is the trainer's
-    try:
-        teacher_records = records.read_teacher_records(teacher_file)
-    except FileNotFoundError:
+    if not os.path.exists(teacher_file):
         raise records.DataError(
             teacher_file, None, None,
             "teacher records not found: run `tinythinker teacher run` (or `tinythinker data toyworld`) first",
-        ) from None
+        )
+    teacher_records = records.read_teacher_records(teacher_file)
     rows = examples.stage_examples(teacher_records, stage, stage_type)
     return tf.data.Dataset.from_tensor_slices({key: [row[key] for row in rows] for key in ("id", "inputs", "targets")})
 
@@ -140,10 +173,16 @@ def _pair_dataset(path: str, scored: bool, split: str, shuffle_files: bool, seed
     return tf.data.Dataset.from_tensor_slices(columns)
 
 
+def load_vocabularies(name: str) -> None:
+    """Loads the vocabularies of a task or mixture now, so that one that cannot be read fails with its one line
+    (`Vocabulary`) before a dataset is built."""
+    for feature in seqio.get_mixture_or_task(name).output_features.values():
+        feature.vocabulary.vocab_size  # noqa: B018 (reading it loads the model)
+
+
 def register_pair_task(name: str, path: str, vocabulary_path: str, scored: bool) -> None:
     """A task over one pair file (`tinythinker_jax.reflection.data`): prompt, chosen, rejected, tokenised."""
-    vocabulary = seqio.SentencePieceVocabulary(vocabulary_path, extra_ids=locations.EXTRA_IDS)
-    feature = seqio.Feature(vocabulary, add_eos=True)
+    feature = seqio.Feature(Vocabulary(vocabulary_path), add_eos=True)
     source = seqio.FunctionDataSource(functools.partial(_pair_dataset, path, scored), splits=("train",))
     _add_task(name, source, [], {"inputs": feature, "chosen": feature, "rejected": feature}, [])
 
@@ -158,12 +197,20 @@ def _add_task(name: str, source: seqio.DataSource, preprocessors: list, output_f
 
 
 def register_dataset(dataset: str, data_dir: str | None = None, vocabulary_path: str | None = None) -> None:
-    """(Re)registers every task and mixture of `dataset`, reading from `data_dir`."""
+    """(Re)registers every task and mixture of `dataset`, reading from `data_dir`.
+
+    Args:
+        dataset: a benchmark name (`benchmarks.BENCHMARKS`).
+        data_dir: its dataset directory (default: `locations.dataset_dir`).
+        vocabulary_path: a SentencePiece model (default: `locations.default_vocabulary`). One given here is
+            loaded at once; a default one on first use (`load_vocabularies`). A vocabulary that cannot be
+            read is a `locations.VocabularyError` saying how to pass a local copy.
+    """
     benchmarks.get_benchmark(dataset)
     data_dir = data_dir or locations.dataset_dir(dataset)
-    vocabulary = seqio.SentencePieceVocabulary(
-        vocabulary_path or locations.default_vocabulary(dataset, data_dir), extra_ids=locations.EXTRA_IDS
-    )
+    vocabulary = Vocabulary(vocabulary_path or locations.default_vocabulary(dataset, data_dir))
+    if vocabulary_path:
+        vocabulary.load_model()  # a path the caller chose is checked now; defaults, on first use
     output_features = {
         "inputs": seqio.Feature(vocabulary, add_eos=True),
         "targets": seqio.Feature(vocabulary, add_eos=True),

@@ -1,6 +1,7 @@
 """Shared fixtures: a SentencePiece vocabulary trained on the fly and the real benchmark files."""
 
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -50,6 +51,21 @@ def prepared_toyworld(tmp_path_factory) -> str:
     data_dir = str(tmp_path_factory.mktemp("toyworld"))
     prepare.ensure_prepared("toyworld", data_dir)
     return data_dir
+
+
+@pytest.fixture(scope="module")
+def small_toyworld(prepared_toyworld, tmp_path_factory) -> str:
+    """The toy world with teacher records for 40 questions, for tests of mechanics, not learning."""
+    from tinythinker_jax.data import locations
+
+    data_dir = tmp_path_factory.mktemp("small_toyworld")
+    shutil.copytree(prepared_toyworld, data_dir, dirs_exist_ok=True)
+    teacher = locations.teacher_path(str(data_dir))
+    with open(teacher) as f:
+        lines = f.readlines()[:40]
+    with open(teacher, "w") as f:
+        f.writelines(lines)
+    return str(data_dir)
 
 
 @pytest.fixture(scope="session")

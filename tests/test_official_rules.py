@@ -11,6 +11,7 @@ import tinythinker_tasks
 from tinythinker_jax import chains, cli, evaluation, pipeline
 from tinythinker_jax.data import prepare
 from tinythinker_jax.data.records import make_question
+from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import checkpoints, decoding
 from tinythinker_jax.reflection import iteration
 from tinythinker_jax.training import schedule
@@ -157,7 +158,7 @@ def test_every_stage_can_be_sampled_and_one_chain_is_greedy(no_model, tmp_path):
     assert summary["sampling"]["summarize"] == {"temperature": 0.5, "top_k": 40, "top_p": 1.0}
     settings, _ = evaluate(tmp_path)
     assert (settings.recall, settings.analyze, settings.summarize) == (chains.GREEDY,) * 3
-    with pytest.raises(ValueError, match="unknown stages"):
+    with pytest.raises(UserError, match="sampled_stages is \\('recall', 'sumarize'\\)"):
         evaluate(tmp_path, num_chains=5, sampled_stages=("recall", "sumarize"))
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from tinythinker_jax import chains, cli, evaluation, pipeline
 from tinythinker_jax.data import records
+from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import t5
 from tinythinker_jax.reflection import data as pair_data
 from tinythinker_jax.reflection import iteration, sampling
@@ -66,12 +67,12 @@ def test_interrupted_demo_resumes_without_redoing_finished_work(tmp_path, monkey
     assert again["phases"] == state["phases"]
 
 
-def test_demo_explains_a_missing_source_checkout(tmp_path, monkeypatch):
+def test_demo_explains_a_missing_source_checkout(tmp_path, monkeypatch, capsys):
     from tinythinker_jax.commands import demo as demo_command
 
     monkeypatch.setattr(demo_command, "REPO", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="pip install -e"):
-        demo(tmp_path / "out")
+    assert demo(tmp_path / "out") == 2
+    assert "pip install -e" in capsys.readouterr().err.splitlines()[-1]
 
 
 @pytest.mark.parametrize("entry", ["train", "reflect", "pipeline"])
@@ -86,7 +87,7 @@ def test_a_url_model_dir_is_refused_before_any_work(entry, tmp_path, monkeypatch
                                                    task_feature_lengths={}, model_config=config),
         "pipeline": lambda: pipeline.run_pipeline(model_dir=url, mixture_or_task_name=mixture),
     }[entry]
-    with pytest.raises(ValueError, match="MODEL_DIR 'gs://bucket/run' is a URL; mount the bucket"):
+    with pytest.raises(UserError, match="MODEL_DIR 'gs://bucket/run' is a URL; mount the bucket"):
         run()
     assert os.listdir(tmp_path) == []
 

@@ -12,6 +12,7 @@ import pytest
 from processes import run_two_processes
 from tinythinker_jax import chains
 from tinythinker_jax.data import records
+from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import checkpoints, scoring
 from tinythinker_jax.models import t5
 from tinythinker_jax.reflection import data as pair_data
@@ -161,9 +162,9 @@ def test_only_a_finished_previous_phase_is_the_reference(sft_model_dir, tmp_path
     for phase, next_iteration in (("phase 1", 1), ("iteration 1", 2)):
         model_dir = str(tmp_path / f"before_iteration_{next_iteration}")
         shutil.copytree(best, os.path.join(iteration.previous_dir(model_dir, next_iteration), "best"))
-        with pytest.raises(FileNotFoundError, match=f"but {phase} is not finished"):
+        with pytest.raises(UserError, match=f"but {phase} is not finished"):
             run(model_dir, None, iteration=next_iteration)
-    with pytest.raises(ValueError, match="ITERATION is 0; iterations count from 1"):
+    with pytest.raises(UserError, match="ITERATION is 0: it must be a positive integer"):
         run(str(tmp_path), None, iteration=0)
 
 

@@ -197,6 +197,7 @@ def test_cli_prints_one_runs_report(tmp_path, capsys):
 
 def test_cli_reports_a_bad_run_as_an_error(tmp_path, capsys):
     run_a = make_run(tmp_path, "run_a", COMPLETE)
-    assert cli.main(["report", run_a, str(tmp_path / "nowhere")]) == 1
+    assert cli.main(["report", run_a, str(tmp_path / "nowhere")]) == 2
     captured = capsys.readouterr()
-    assert captured.out == "" and "nowhere/pipeline.json: not found" in captured.err
+    assert captured.out == "" and captured.err.startswith("error: ")
+    assert "nowhere/pipeline.json: not found" in captured.err

@@ -4,7 +4,6 @@ import os
 
 os.environ.setdefault("USE_TF", "0")
 
-import argparse
 import json
 import shutil
 
@@ -17,8 +16,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file, save_file
 
-from tinythinker_jax import partitioning
-from tinythinker_jax.commands import model as model_commands
+from tinythinker_jax import cli, partitioning
 from tinythinker_jax.models import checkpoints, decoding, hf_convert, scoring, testing
 
 
@@ -159,10 +157,7 @@ def test_embedding_size_disagreeing_with_config_is_named(hf_dir, tmp_path):
 
 
 def _run(argv):
-    parser = argparse.ArgumentParser()
-    model_commands.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return cli.main(argv)  # as the command runs: a user error is one line on stderr and exit 2
 
 
 @pytest.mark.parametrize("hf_dir", ["t5_1_1"], indirect=True)  # the commands do not depend on the flavour
@@ -171,7 +166,7 @@ def test_commands_convert_score_generate(hf_dir, tmp_path, capsys):
     assert _run(["convert", "--from_hf", hf_dir, "--to", ckpt]) == 0
     assert _run(["convert", "--from_ckpt", ckpt, "--to_hf", exported]) == 0
     assert os.path.exists(os.path.join(exported, "model.safetensors"))
-    assert _run(["convert", "--from_hf", hf_dir, "--to", ckpt]) == 1  # never overwrites
+    assert _run(["convert", "--from_hf", hf_dir, "--to", ckpt]) == 2  # never overwrites
     assert "already holds a checkpoint" in capsys.readouterr().err
 
     records = [
@@ -205,9 +200,9 @@ def test_commands_convert_score_generate(hf_dir, tmp_path, capsys):
 
 
 def test_commands_report_bad_input(tmp_path, capsys):
-    assert _run(["convert", "--from_hf", str(tmp_path), "--to", str(tmp_path / "ckpt")]) == 1
+    assert _run(["convert", "--from_hf", str(tmp_path), "--to", str(tmp_path / "ckpt")]) == 2
     assert "config.json is missing" in capsys.readouterr().err
     (tmp_path / "bad.jsonl").write_text('{"inputs": "x"}\n')
     argv = ["score", "--checkpoint", str(tmp_path), "--data", str(tmp_path / "bad.jsonl"), "--out", "o.jsonl"]
-    assert _run(argv) == 1
+    assert _run(argv) == 2
     assert "bad.jsonl:1: field 'targets'" in capsys.readouterr().err

@@ -164,3 +164,27 @@ def test_cache_cuts_a_torn_last_line_and_keeps_appending(tmp_path):
         cache.put("k3", {"v": 3})
     with ResponseCache(str(path)) as cache:
         assert [cache.get(k) for k in ("k1", "k2", "k3")] == [{"v": 1}, {"v": 2}, {"v": 3}]
+
+
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_a_wrong_key_model_or_address_stops_sending_at_once(tmp_path, status):
+    with ScriptedServer(lambda body, number: Reply(status=status)) as server, \
+            ResponseCache(str(tmp_path / "c.jsonl")) as cache:
+        stats = _send(server, _requests(), cache, concurrency=1)
+    assert len(server.requests) == 1 and (stats.failed, stats.retried) == (1, 0)
+    assert stats.stopped.startswith(f"the teacher server {server.base_url} answered {status} (scripted {status})")
+
+
+def test_failures_in_a_row_stop_sending_and_an_answer_resets_the_count(tmp_path):
+    questions = [make_question(f"q{i}", f"Question {i}?", [("A", "one"), ("B", "two")], "A") for i in range(12)]
+    with ScriptedServer(lambda body, number: Reply(raw=b"<html>")) as server, \
+            ResponseCache(str(tmp_path / "c.jsonl")) as cache:
+        stats = _send(server, _requests(questions), cache, concurrency=1, max_retries=1, max_consecutive_failures=3)
+    assert (stats.failed, len(server.requests)) == (3, 3 * 2)
+    assert "failed 3 requests in a row with no answer in between (JSONDecodeError x3" in stats.stopped
+
+    # Every other request answered: never 3 failures in a row, so every request is tried.
+    alternating = lambda body, number: Reply(raw=b"<html>") if number % 2 == 0 else Reply()
+    with ScriptedServer(alternating) as server, ResponseCache(str(tmp_path / "d.jsonl")) as cache:
+        stats = _send(server, _requests(questions), cache, concurrency=1, max_retries=0, max_consecutive_failures=2)
+    assert (stats.done, stats.failed, stats.stopped) == (6, 6, None)

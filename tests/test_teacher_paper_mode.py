@@ -5,7 +5,6 @@ The request is checked byte for byte against the authors' own functions, copied 
 official exemplar files and the raw benchmark files under TINYTHINKER_DATA_DIR.
 """
 
-import argparse
 import json
 import os
 import random
@@ -16,8 +15,7 @@ from typing import Dict, List
 import numpy as np
 import pytest
 
-from tinythinker_jax import formats
-from tinythinker_jax.commands import teacher as teacher_command
+from tinythinker_jax import cli, formats
 from tinythinker_jax.data import readers
 from tinythinker_jax.data.records import Rationale, make_question, question_to_json, read_teacher_records, write_jsonl
 from tinythinker_jax.teacher import exemplars, paper, parsing, prompts, selection
@@ -147,10 +145,7 @@ def _seeded_global_random(seed, function, *args):
 
 
 def _cli(*argv):
-    parser = argparse.ArgumentParser()
-    teacher_command.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["teacher", *argv])
-    return args.func(args)
+    return cli.main(["teacher", *argv])  # as the command runs: a user error is one line on stderr and exit 2
 
 
 def _write_split(tmp_path, questions):

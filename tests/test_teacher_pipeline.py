@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from tinythinker_jax import cli
 from tinythinker_jax.commands import teacher as teacher_command
 from tinythinker_jax.data.records import make_question, question_to_json, read_teacher_records, write_jsonl
 from tinythinker_jax.teacher import client, pipeline, prompts
@@ -34,10 +35,7 @@ def _split_dir(tmp_path, count):
 
 
 def _cli(*argv):
-    parser = argparse.ArgumentParser()
-    teacher_command.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["teacher", *argv])
-    return args.func(args)
+    return cli.main(["teacher", *argv])  # as the command runs: a user error is one line on stderr and exit 2
 
 
 def _question_of(body):

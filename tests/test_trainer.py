@@ -3,7 +3,6 @@
 import functools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +14,6 @@ import orbax.checkpoint as ocp
 import pytest
 
 from processes import run_two_processes
-from tinythinker_jax.data import locations
 from tinythinker_jax.models import checkpoints as model_checkpoints
 from tinythinker_jax.models import t5
 from tinythinker_jax.training import checkpointing, loop, optimizers, trainer
@@ -44,19 +42,6 @@ def final_params(model_dir, step=STEPS):
     with ocp.StandardCheckpointer() as checkpointer:
         arrays = checkpointer.restore(os.path.join(model_dir, "checkpoints", str(step), "arrays"))
     return arrays["params"]
-
-
-@pytest.fixture(scope="module")
-def small_toyworld(prepared_toyworld, tmp_path_factory):
-    """The toy world with teacher records for 40 questions: these tests check mechanics, not learning."""
-    data_dir = tmp_path_factory.mktemp("small_toyworld")
-    shutil.copytree(prepared_toyworld, data_dir, dirs_exist_ok=True)
-    teacher = locations.teacher_path(str(data_dir))
-    with open(teacher) as f:
-        lines = f.readlines()[:40]
-    with open(teacher, "w") as f:
-        f.writelines(lines)
-    return str(data_dir)
 
 
 @pytest.fixture(scope="module")

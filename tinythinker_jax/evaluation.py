@@ -2,12 +2,13 @@
 
 import dataclasses
 import os
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 
-from tinythinker_jax import chains, formats, partitioning
+from tinythinker_jax import chains, formats, gin_utils, partitioning
 from tinythinker_jax.data.records import Question, write_json, write_jsonl
+from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import checkpoints, decoding
 
 STAGES = (formats.RECALL, formats.ANALYZE, formats.SUMMARIZE)
@@ -47,6 +48,18 @@ def stage_settings(chain_settings: chains.ChainSettings, sampling: decoding.Samp
         raise ValueError(f"unknown stages {unknown} to sample; expected some of {list(STAGES)}")
     return dataclasses.replace(chain_settings, **{
         stage: sampling if stage in sampled_stages else chains.GREEDY for stage in STAGES})
+
+
+def check_chain_settings(settings: chains.ChainSettings) -> None:
+    """Refuses a chain that could decode nothing: a limit or batch size below 1.
+
+    Raises:
+        UserError: Naming the setting (`chains.ChainSettings.<field>` in gin).
+    """
+    gin_utils.require_positive(chains.ChainSettings, {
+        "max_input_length": settings.max_input_length, "max_decode_length": settings.max_decode_length,
+        "max_summary_length": settings.max_summary_length, "batch_size": settings.batch_size,
+    }, optional=("max_input_length",))
 
 
 def sampling_summary(settings: chains.ChainSettings) -> dict[str, dict]:
@@ -142,6 +155,7 @@ def evaluate_checkpoint(
     Returns:
         The accuracy and where the files went.
     """
+    check_settings(locals())  # first: locals() holds exactly the arguments
     import tinythinker_tasks
     from tinythinker_jax.data import locations, prepare
 
@@ -158,3 +172,41 @@ def evaluate_checkpoint(
         seed=seed, dtype=dtype, mesh_data=mesh_data, mesh_model=mesh_model,
         parameter_partitioning_dims=parameter_partitioning_dims,
         extra_summary={"checkpoint": checkpoint_path, "dataset": dataset})
+
+
+def check_settings(arguments: Mapping[str, Any]) -> None:
+    """The start of `evaluate_checkpoint`: refuses, before any data is prepared or model loaded, a split that
+    does not exist, counts below 1, stages that are not stages, a mesh the devices cannot form and an output
+    directory that is a URL or cannot be written.
+
+    Args:
+        arguments: `evaluate_checkpoint`'s arguments.
+
+    Raises:
+        UserError: Naming the setting as the user set it (e.g. `EVAL_SPLIT` in gin).
+    """
+    from tinythinker_jax.data import benchmarks, locations
+
+    fn = evaluate_checkpoint
+    require_stage_mixture(fn, arguments["mixture_or_task_name"])
+    gin_utils.require_choice(fn, "split", arguments["split"], benchmarks.SPLITS)
+    gin_utils.require_positive(fn, {name: arguments[name] for name in ("num_chains", "max_questions")},
+                               optional=("max_questions",))
+    gin_utils.require_subset(fn, "sampled_stages", arguments["sampled_stages"], STAGES)
+    check_chain_settings(arguments["chain_settings"])
+    gin_utils.require_mesh(fn, arguments)
+    output_dir = gin_utils.setting_name(fn, "output_dir", default="--out_dir")
+    locations.require_local(arguments["output_dir"], output_dir)
+    locations.require_writable(arguments["output_dir"], output_dir)
+
+
+def require_stage_mixture(fn, name: Any) -> None:
+    """Refuses a `mixture_or_task_name` that is not a stage mixture (`tinythinker.<dataset>.<stage_type>_stages`)
+    at the start of a run, naming the setting (`MIXTURE_OR_TASK_NAME` in gin)."""
+    import tinythinker_tasks
+
+    gin_utils.require(isinstance(name, str), fn, "mixture_or_task_name", name, "a stage mixture name")
+    try:
+        tinythinker_tasks.parse_stage_mixture(name)
+    except ValueError as e:
+        raise UserError(f"{gin_utils.setting_name(fn, 'mixture_or_task_name')}: {e}") from e

@@ -9,13 +9,13 @@ piece and is what `report` reads.
 
 import os
 import time
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import gin
 import jax
 
 import tinythinker_tasks
-from tinythinker_jax import chains, evaluation, formats, report
+from tinythinker_jax import chains, evaluation, formats, gin_utils, report
 from tinythinker_jax.data import benchmarks, examples, locations, records
 from tinythinker_jax.models import checkpoints, decoding
 from tinythinker_jax.reflection import iteration as reflection
@@ -95,7 +95,8 @@ def run_pipeline(
     (in gin, the training mesh's), greedily and, with `test_num_chains` > 1, by a self-consistency vote
     whose chains sample `test_sampled_stages` at `test_temperature` (top_k 0) and decode the rest greedily:
     by default the official code's recall and analyze at 0.7, the summary greedy."""
-    locations.require_local(model_dir)
+    check_settings(locals())  # first: locals() holds exactly the arguments
+    trainer.require_model_dir(run_pipeline, model_dir)
     started = time.time()
     dataset, stage_type = tinythinker_tasks.parse_stage_mixture(mixture_or_task_name)
     data_dir = data_dir or locations.dataset_dir(dataset)
@@ -155,3 +156,33 @@ def run_pipeline(
         save()
     save(final=True)
     return state
+
+
+def check_settings(arguments: Mapping[str, Any]) -> None:
+    """The start of `run_pipeline`: refuses, before phase 1 starts, its own bad settings and those of phase 1
+    and of the iterations it will run (as gin binds them), naming each as the user set it.
+
+    Args:
+        arguments: `run_pipeline`'s arguments.
+
+    Raises:
+        UserError: Naming the first bad setting.
+    """
+    fn = run_pipeline
+    evaluation.require_stage_mixture(fn, arguments["mixture_or_task_name"])
+    # ITERATIONS = 0 is phase 1, its test accuracy and the report; TEST_NUM_CHAINS <= 1 votes on nothing.
+    gin_utils.require_non_negative(fn, "iterations", arguments["iterations"], integer=True)
+    gin_utils.require_non_negative(fn, "test_num_chains", arguments["test_num_chains"], integer=True)
+    gin_utils.require_non_negative(fn, "test_temperature", arguments["test_temperature"])
+    gin_utils.require_subset(fn, "test_sampled_stages", arguments["test_sampled_stages"], evaluation.STAGES)
+    gin_utils.require_positive(fn, {"max_test_questions": arguments["max_test_questions"]},
+                               optional=("max_test_questions",))
+    evaluation.check_chain_settings(arguments["chain_settings"])
+    gin_utils.require_mesh(fn, arguments)
+    for check, phase in ((trainer.check_settings, trainer.train),
+                         (reflection.check_settings, reflection.run_iteration)):
+        check({"mixture_or_task_name": arguments["mixture_or_task_name"], **gin_utils.bound_arguments(phase)})
+
+
+# What a pipeline run calls through gin; the commands evaluate their gin settings before it starts.
+CONFIGURABLES = (run_pipeline, trainer.train, reflection.run_iteration)

@@ -12,22 +12,26 @@ EXPERIMENT = "gin/experiments/toyworld_yesno_t5_mini_pipeline.gin"
 def _demo(args) -> int:
     import gin
 
-    from tinythinker_jax import pipeline
-    from tinythinker_jax.data import prepare
+    from tinythinker_jax import gin_utils, pipeline
+    from tinythinker_jax.data import locations, prepare
+    from tinythinker_jax.errors import UserError
 
     if not os.path.exists(os.path.join(REPO, EXPERIMENT)):
-        raise FileNotFoundError(f"{EXPERIMENT} is not under {REPO}: the demo runs from a source checkout "
-                                "installed with `pip install -e .`")
+        raise UserError(f"{EXPERIMENT} is not under {REPO}: the demo runs from a source checkout installed with "
+                        f"`pip install -e .`")
+    locations.require_local(args.out, "--out")
     out = os.path.abspath(args.out)
     data_dir = os.path.join(out, "data")
+    # Every setting is checked before the toy world is made, so a mistyped --gin.KEY stops at once.
+    gin_utils.parse([os.path.join(REPO, "gin/runs/pipeline.gin"), os.path.join(REPO, EXPERIMENT)],
+                    [f"MODEL_DIR = {out!r}", f"DATA_DIR = {data_dir!r}", *args.gin_bindings], [REPO],
+                    configurables=pipeline.CONFIGURABLES)
+    pipeline.check_settings(gin_utils.bound_arguments(pipeline.run_pipeline))
+    locations.require_writable(out, "--out")
     print(f"TinyThinker demo -> {out}\n"
           "1/4 toy world: questions, template-teacher rationales, vocabulary")
     prepare.ensure_prepared("toyworld_yesno", data_dir)
     print("2/4 phase 1 (SFT), 3/4 two self-reflection iterations, 4/4 test evaluation and report")
-    gin.add_config_file_search_path(REPO)
-    gin.parse_config_files_and_bindings(
-        [os.path.join(REPO, "gin/runs/pipeline.gin"), os.path.join(REPO, EXPERIMENT)],
-        [f"MODEL_DIR = '{out}'", f"DATA_DIR = '{data_dir}'", *args.gin_bindings])
     state = gin.get_configurable(pipeline.run_pipeline)()
     if state is None:
         print(f"Stopped; run `tinythinker demo --out {args.out}` again to continue.")

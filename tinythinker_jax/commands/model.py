@@ -11,9 +11,11 @@ objects with the results added. Texts are tokenized with the checkpoint's own sp
 """
 
 import argparse
-import json
-import sys
-from typing import Any, Iterator
+import os
+from typing import Any
+
+from tinythinker_jax.commands import non_negative_float, non_negative_int, positive_int, probability
+from tinythinker_jax.errors import UserError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -27,16 +29,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     score = subparsers.add_parser("score", help="summed log-likelihood of each line's targets given its inputs")
     _add_run_arguments(score)
-    score.add_argument("--max_target_length", type=int, default=512)
+    score.add_argument("--max_target_length", type=positive_int, default=512)
     score.set_defaults(func=score_command)
 
     generate = subparsers.add_parser("generate", help="decode predictions for each line's inputs")
     _add_run_arguments(generate)
-    generate.add_argument("--max_decode_length", type=int, default=128)
-    generate.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily")
-    generate.add_argument("--top_k", type=int, default=0, help="sample among the k likeliest tokens; 0: all")
-    generate.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass; 1: all")
-    generate.add_argument("--num_decodes", type=int, default=1, help="samples per input")
+    generate.add_argument("--max_decode_length", type=positive_int, default=128)
+    generate.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 decodes greedily")
+    generate.add_argument("--top_k", type=non_negative_int, default=0,
+                          help="sample among the k likeliest tokens; 0: all")
+    generate.add_argument("--top_p", type=probability, default=1.0, help="nucleus sampling mass; 1: all")
+    generate.add_argument("--num_decodes", type=positive_int, default=1, help="samples per input")
     generate.add_argument("--seed", type=int, default=0)
     generate.set_defaults(func=generate_command)
 
@@ -45,55 +48,31 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="CKPT_DIR")
     parser.add_argument("--data", required=True, metavar="F.jsonl")
     parser.add_argument("--out", required=True, metavar="OUT.jsonl")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--max_input_length", type=int, default=512)
+    parser.add_argument("--batch_size", type=positive_int, default=32)
+    parser.add_argument("--max_input_length", type=positive_int, default=512)
     parser.add_argument(
         "--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
         help="compute dtype; auto: bfloat16 on GPU/TPU, float32 on CPU",
     )
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 1
-
-
 def convert_command(args: argparse.Namespace) -> int:
-    from tinythinker_jax.models import checkpoints, hf_convert
+    from tinythinker_jax.data import locations
+    from tinythinker_jax.models import hf_convert
 
-    try:
-        if args.from_hf:
-            if not args.to or args.to_hf:
-                return _fail("--from_hf needs --to CKPT_DIR (and no --to_hf)")
-            config = hf_convert.import_hf(args.from_hf, args.to)
-            print(f"wrote checkpoint {args.to} ({config.num_encoder_layers}+{config.num_decoder_layers} layers)")
-        else:
-            if not args.to_hf or args.to:
-                return _fail("--from_ckpt needs --to_hf DIR (and no --to)")
-            hf_convert.export_hf(args.from_ckpt, args.to_hf)
-            print(f"wrote Hugging Face directory {args.to_hf}")
-    except (hf_convert.ConversionError, checkpoints.CheckpointError) as e:
-        return _fail(str(e))
+    if args.from_hf:
+        if not args.to or args.to_hf:
+            raise UserError("--from_hf needs --to CKPT_DIR (and no --to_hf)")
+        locations.require_local(args.to, "--to")
+        config = hf_convert.import_hf(args.from_hf, args.to)
+        print(f"wrote checkpoint {args.to} ({config.num_encoder_layers}+{config.num_decoder_layers} layers)")
+    else:
+        if not args.to_hf or args.to:
+            raise UserError("--from_ckpt needs --to_hf DIR (and no --to)")
+        locations.require_local(args.to_hf, "--to_hf")
+        hf_convert.export_hf(args.from_ckpt, args.to_hf)
+        print(f"wrote Hugging Face directory {args.to_hf}")
     return 0
-
-
-def _read_records(path: str, required: tuple[str, ...]) -> list[dict[str, Any]]:
-    from tinythinker_jax.data.records import DataError
-
-    records = []
-    with open(path) as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(path, line_number, None, f"invalid JSON: {e}") from e
-            for field in required:
-                if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                    raise DataError(path, line_number, field, "missing or not a string")
-            records.append(record)
-    return records
 
 
 def _tokenize(vocabulary, text: str, max_length: int, eos_id: int) -> list[int]:
@@ -108,30 +87,32 @@ def _load(args: argparse.Namespace):
     dtype = args.dtype
     if dtype == "auto":
         dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-    return checkpoints.load_model(args.checkpoint, dtype=dtype), checkpoints.load_vocabulary(args.checkpoint)
+    vocabulary = checkpoints.load_vocabulary(args.checkpoint)  # first: it checks the config and the vocabulary
+    return checkpoints.load_model(args.checkpoint, dtype=dtype), vocabulary
 
 
-def _write_records(path: str, records: Iterator[dict[str, Any]]) -> None:
-    with open(path, "w") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+def _read_inputs(args: argparse.Namespace, required: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The data lines, after refusing an output that is a URL or the data file itself."""
+    from tinythinker_jax.data import locations, records
+
+    locations.require_local(args.out, "--out")
+    if os.path.exists(args.data) and os.path.exists(args.out) and os.path.samefile(args.data, args.out):
+        raise UserError(f"--out {args.out} is the --data file; writing it would destroy the input")
+    return records.read_json_objects(args.data, required)
 
 
 def score_command(args: argparse.Namespace) -> int:
-    from tinythinker_jax.data.records import DataError
-    from tinythinker_jax.models import checkpoints, scoring
+    from tinythinker_jax.data.records import write_jsonl
+    from tinythinker_jax.models import scoring
 
-    try:
-        records = _read_records(args.data, ("inputs", "targets"))
-        model, vocabulary = _load(args)
-    except (DataError, checkpoints.CheckpointError) as e:
-        return _fail(str(e))
+    records = _read_inputs(args, ("inputs", "targets"))
+    model, vocabulary = _load(args)
     eos_id = model.config.eos_id
     inputs = [_tokenize(vocabulary, r["inputs"], args.max_input_length, eos_id) for r in records]
     targets = [_tokenize(vocabulary, r["targets"], args.max_target_length, eos_id) for r in records]
     scores = scoring.score(model, inputs, targets, batch_size=args.batch_size, max_input_length=args.max_input_length,
                            max_target_length=args.max_target_length)
-    _write_records(
+    write_jsonl(
         args.out,
         ({**r, "log_likelihood": float(s), "num_target_tokens": len(t)} for r, s, t in zip(records, scores, targets)),
     )
@@ -140,15 +121,12 @@ def score_command(args: argparse.Namespace) -> int:
 
 
 def generate_command(args: argparse.Namespace) -> int:
-    from tinythinker_jax.data.records import DataError
-    from tinythinker_jax.models import checkpoints, decoding
+    from tinythinker_jax.data.records import write_jsonl
+    from tinythinker_jax.models import decoding
 
-    try:
-        sampling = decoding.SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-        records = _read_records(args.data, ("inputs",))
-        model, vocabulary = _load(args)
-    except (ValueError, DataError, checkpoints.CheckpointError) as e:
-        return _fail(str(e))
+    sampling = decoding.SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    records = _read_inputs(args, ("inputs",))
+    model, vocabulary = _load(args)
     eos_id = model.config.eos_id
     inputs = [_tokenize(vocabulary, r["inputs"], args.max_input_length, eos_id) for r in records]
     result = decoding.generate(
@@ -160,6 +138,6 @@ def generate_command(args: argparse.Namespace) -> int:
         predictions = [vocabulary.decode(decoding.until_eos(row.tolist(), eos_id)) for row in tokens]
         return {**record, "predictions": predictions, "log_likelihoods": [float(x) for x in log_likelihoods]}
 
-    _write_records(args.out, map(with_predictions, records, result.tokens, result.log_likelihood))
+    write_jsonl(args.out, map(with_predictions, records, result.tokens, result.log_likelihood))
     print(f"generated for {len(records)} examples into {args.out}")
     return 0

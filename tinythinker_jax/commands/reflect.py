@@ -12,7 +12,7 @@ def _reflect(args) -> int:
 
     from tinythinker_jax.reflection import iteration
 
-    gin_utils.parse_gin_flags(args)
+    gin_utils.parse_gin_flags(args, configurables=[iteration.run_iteration])
     result = gin.get_configurable(iteration.run_iteration)()
     if not result.preempted:
         print(f"Iteration {result.iteration}: {result.pairs['recall']} recall and {result.pairs['analyze']} "
@@ -26,7 +26,7 @@ def _pipeline(args) -> int:
 
     from tinythinker_jax import pipeline
 
-    gin_utils.parse_gin_flags(args)
+    gin_utils.parse_gin_flags(args, configurables=pipeline.CONFIGURABLES)
     state = gin.get_configurable(pipeline.run_pipeline)()
     if state is not None:
         for phase in state["phases"]:

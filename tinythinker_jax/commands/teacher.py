@@ -6,28 +6,26 @@ pick it; the API key comes only from the environment variable named by `--api_ke
 """
 
 import argparse
-import functools
 import json
 import os
-import sys
+
+from tinythinker_jax.commands import non_negative_float, non_negative_int, positive_int
+from tinythinker_jax.errors import UserError
+from tinythinker_jax.teacher.client import MAX_CONSECUTIVE_FAILURES
 
 DATASETS = ("csqa", "obqa", "strategyqa", "toyworld", "toyworld_mc4", "toyworld_yesno")
+MIN_RECORDS_SHARE = 0.9
 
 
-class _UsageError(ValueError):
-    """Flags that do not fit together."""
-
-
-def _reports_usage_errors(command):
-    @functools.wraps(command)
-    def wrapped(args) -> int:
-        try:
-            return command(args)
-        except _UsageError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-
-    return wrapped
+def share(text: str) -> float:
+    """A share of the questions: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return value
 
 
 def _system_message(args, loaded) -> str:
@@ -36,12 +34,12 @@ def _system_message(args, loaded) -> str:
 
     if args.prompt_mode == prompts.PAPER:
         if not (args.request_file and args.exemplars):
-            raise _UsageError("--prompt_mode paper needs --request_file (the official request.json) and "
-                              "--exemplars (the official <dataset>_cot.json)")
+            raise UserError("--prompt_mode paper needs --request_file (the official request.json) and "
+                            "--exemplars (the official <dataset>_cot.json)")
         return paper.system_message(paper.load_instruction(args.request_file), loaded, args.prompt_seed,
                                     args.k_exemplars)
     if args.request_file:
-        raise _UsageError("--request_file is for --prompt_mode paper")
+        raise UserError("--request_file is for --prompt_mode paper")
     return prompts.system_message(loaded[:args.k_exemplars])
 
 
@@ -54,7 +52,10 @@ class _Job:
 
         self.args = args
         self.questions = records.read_questions(locations.split_path(args.split_dir, args.split))
-        loaded = exemplars.load_exemplars(args.exemplars or exemplars.shipped_exemplars_path(args.dataset))
+        exemplar_file = args.exemplars or exemplars.shipped_exemplars_path(args.dataset)
+        loaded = exemplars.load_exemplars(exemplar_file)
+        if args.k_exemplars is not None and args.k_exemplars > len(loaded):
+            raise UserError(f"--k_exemplars {args.k_exemplars}: {exemplar_file} holds only {len(loaded)} exemplars")
         self.system = _system_message(args, loaded)
         self.exemplars = loaded[:args.k_exemplars]  # the estimate's reply lengths
         samples = args.samples or prompts.DEFAULT_SAMPLES.get(args.dataset, prompts.DEFAULT_SAMPLES_OTHERWISE)
@@ -70,22 +71,31 @@ class _Job:
         self.prices = tuple(args.price) if args.price else pricing.PRICES_PER_MILLION.get(args.model)
         self.out_dir = args.out_dir or os.path.dirname(locations.teacher_path(args.split_dir))
         self.cache_path = args.cache or os.path.join(self.out_dir, "cache", "responses.jsonl")
+        locations.require_local(self.out_dir, "--out_dir")  # written with Python's file API
+        locations.require_local(self.cache_path, "--cache")
 
     def cache(self):
         from tinythinker_jax.teacher.cache import ResponseCache
 
         return ResponseCache(self.cache_path)
 
-    def write_outcome(self, outcome) -> None:
+    def report_path(self) -> str:
+        return os.path.join(self.out_dir, f"{self.args.split}_report.json")
+
+    def write_outcome(self, outcome, failure=None) -> None:
+        """Writes the report, and the records unless the run fell short (`failure` says why): a short run
+        leaves the records file as it was, so nothing downstream trains on a fraction of the data."""
         from tinythinker_jax.data.records import teacher_record_to_json, write_json, write_jsonl
         from tinythinker_jax.teacher import prompts
 
         split = self.args.split
-        write_jsonl(os.path.join(self.out_dir, f"{split}.jsonl"), map(teacher_record_to_json, outcome.records))
-        report = {"dataset": self.args.dataset, "split": split, "base_url": self.args.base_url, **outcome.report}
+        if failure is None:
+            write_jsonl(os.path.join(self.out_dir, f"{split}.jsonl"), map(teacher_record_to_json, outcome.records))
+        report = {"dataset": self.args.dataset, "split": split, "base_url": self.args.base_url, **outcome.report,
+                  "failure": failure}
         if self.sampling.prompt_mode == prompts.PAPER:
             report["prompt_seed"] = self.args.prompt_seed
-        write_json(os.path.join(self.out_dir, f"{split}_report.json"), report)
+        write_json(self.report_path(), report)
         r = outcome.report
         print(f"{r['records']}/{r['questions']} questions with samples ({r['samples_kept']} kept), "
               f"{len(r['failed_questions'])} failed, {len(r['short_questions'])} short, "
@@ -101,12 +111,10 @@ def _print_estimate(job) -> int:
     return 0
 
 
-@_reports_usage_errors
 def _estimate(args) -> int:
     return _print_estimate(_Job(args))
 
 
-@_reports_usage_errors
 def _run(args) -> int:
     from tinythinker_jax.teacher import client, pipeline
 
@@ -117,23 +125,24 @@ def _run(args) -> int:
         base_url=args.base_url, api_key_env=args.api_key_env, concurrency=args.concurrency,
         requests_per_minute=args.rpm, tokens_per_minute=args.tpm, max_retries=args.max_retries,
         backoff_base=args.backoff_base, backoff_max=args.backoff_max, request_timeout=args.request_timeout,
+        max_consecutive_failures=args.max_consecutive_failures,
     )
-    try:
-        client.api_key(settings)
-    except client.MissingApiKey as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    client.api_key(settings)  # a missing key stops here, before anything is sent
 
     with job.cache() as cache:
         def send(requests):
             return client.send_requests(requests, cache, settings, job.sampling.model, progress=args.progress)
 
         outcome = pipeline.generate(job.questions, job.sampling, job.system, cache, send, job.prices, job.options)
-    job.write_outcome(outcome)
+    failure = pipeline.shortfall(outcome.report, args.min_records_share)
+    job.write_outcome(outcome, failure)
+    if failure:
+        records = os.path.join(job.out_dir, f"{args.split}.jsonl")
+        raise UserError(f"teacher run: {failure}. Report: {job.report_path()}; {records} not written; every "
+                        f"answer is cached in {job.cache_path}, so a re-run sends only what is missing")
     return 0
 
 
-@_reports_usage_errors
 def _export_batch(args) -> int:
     from tinythinker_jax.teacher import batch, pipeline
 
@@ -149,7 +158,6 @@ def _export_batch(args) -> int:
     return 0
 
 
-@_reports_usage_errors
 def _import_batch(args) -> int:
     from tinythinker_jax.teacher import batch, pipeline
 
@@ -173,20 +181,22 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", help="the response cache JSONL (default: OUT_DIR/cache/responses.jsonl)")
     parser.add_argument("--base_url", help="an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (default: OpenAI)")
     parser.add_argument("--model", default="gpt-4o-2024-05-13")
-    parser.add_argument("--samples", type=int, help="valid samples wanted per question (default: 8 for csqa and toyworld, else 4)")
-    parser.add_argument("--choices_per_request", type=int,
+    parser.add_argument("--samples", type=positive_int,
+                        help="valid samples wanted per question (default: 8 for csqa and toyworld, else 4)")
+    parser.add_argument("--choices_per_request", type=positive_int,
                         help="the `n` of one request (default: --samples); 1 for servers that ignore `n`")
     parser.add_argument("--exemplars", help="exemplar JSON file (default: the shipped one for --dataset)")
-    parser.add_argument("--k_exemplars", type=int, default=None,
+    parser.add_argument("--k_exemplars", type=non_negative_int, default=None,
                         help="use the first k exemplars, or in paper mode k drawn at random (default: all)")
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--temperature_step", type=float, default=0.1, help="added per retry round")
-    parser.add_argument("--max_tokens", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3, help="the first round plus retry rounds for short questions")
+    parser.add_argument("--temperature", type=non_negative_float, default=0.8)
+    parser.add_argument("--temperature_step", type=non_negative_float, default=0.1, help="added per retry round")
+    parser.add_argument("--max_tokens", type=positive_int, default=256)
+    parser.add_argument("--rounds", type=positive_int, default=3,
+                        help="the first round plus retry rounds for short questions")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--price", type=float, nargs=2, metavar=("INPUT", "OUTPUT"),
+    parser.add_argument("--price", type=non_negative_float, nargs=2, metavar=("INPUT", "OUTPUT"),
                         help="USD per million tokens, overriding the table in tinythinker_jax/teacher/pricing.py")
-    parser.add_argument("--request_samples", type=int,
+    parser.add_argument("--request_samples", type=positive_int,
                         help="samples asked per question in the first round (default: --samples); more than "
                              "--samples leaves the choice of which to keep to arrival order or --diversity_pick")
     paper = parser.add_argument_group("the official TinyThinker teacher request and post-processing")
@@ -216,13 +226,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _common(run)
     run.add_argument("--dry_run", action="store_true", help="print the estimate instead of sending")
     run.add_argument("--api_key_env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    run.add_argument("--concurrency", type=int, default=8)
-    run.add_argument("--rpm", type=int, help="requests-per-minute limit")
-    run.add_argument("--tpm", type=int, help="tokens-per-minute limit (prompt plus max_tokens x n)")
-    run.add_argument("--max_retries", type=int, default=6)
-    run.add_argument("--backoff_base", type=float, default=1.0, help="seconds before the first retry, doubled after")
-    run.add_argument("--backoff_max", type=float, default=60.0)
-    run.add_argument("--request_timeout", type=float, default=120.0, help="deadline of one attempt, in seconds")
+    run.add_argument("--concurrency", type=positive_int, default=8)
+    run.add_argument("--rpm", type=positive_int, help="requests-per-minute limit")
+    run.add_argument("--tpm", type=positive_int, help="tokens-per-minute limit (prompt plus max_tokens x n)")
+    run.add_argument("--max_retries", type=non_negative_int, default=6)
+    run.add_argument("--backoff_base", type=non_negative_float, default=1.0,
+                     help="seconds before the first retry, doubled after")
+    run.add_argument("--backoff_max", type=non_negative_float, default=60.0)
+    run.add_argument("--request_timeout", type=non_negative_float, default=120.0,
+                     help="deadline of one attempt, in seconds")
+    run.add_argument("--max_consecutive_failures", type=positive_int, default=MAX_CONSECUTIVE_FAILURES,
+                     help="stop the run after this many requests in a row failed (after their retries) with no "
+                          "answer in between; a 401, 403 or 404 stops it at once")
+    run.add_argument("--min_records_share", type=share, default=MIN_RECORDS_SHARE,
+                     help="exit with an error, writing the report but not the records, when fewer than this share "
+                          "of the questions got teacher records (or none did)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bar (default: only on a terminal)")
     run.set_defaults(func=_run)

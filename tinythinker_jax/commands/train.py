@@ -3,16 +3,25 @@
 import argparse
 
 from tinythinker_jax import gin_utils
+from tinythinker_jax.commands import non_negative_int, positive_int_or_all
+from tinythinker_jax.errors import UserError
 
 
 def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coordinator_address", help="host:port of process 0, for multi-process runs")
-    parser.add_argument("--num_processes", type=int, default=1)
-    parser.add_argument("--process_id", type=int, default=0)
+    parser.add_argument("--num_processes", type=positive_int_or_all, default=1,
+                        help="processes in the run (-1: as Cloud TPU's environment says)")
+    parser.add_argument("--process_id", type=non_negative_int, default=0, help="this process, from 0")
 
 
 def initialize_distributed(args: argparse.Namespace) -> None:
     """Joins a multi-process run when asked to (Cloud TPU sets its own environment: pass --num_processes -1)."""
+    if args.num_processes > 1:
+        if not args.coordinator_address:
+            raise UserError(f"--num_processes {args.num_processes} needs --coordinator_address HOST:PORT "
+                            f"(process 0's), or --num_processes -1 on Cloud TPU")
+        if args.process_id >= args.num_processes:
+            raise UserError(f"--process_id {args.process_id} is not below --num_processes {args.num_processes}")
     import jax
 
     if args.num_processes == -1:
@@ -27,7 +36,7 @@ def _train(args) -> int:
 
     from tinythinker_jax.training import trainer
 
-    gin_utils.parse_gin_flags(args)
+    gin_utils.parse_gin_flags(args, configurables=[trainer.train])
     result = gin.get_configurable(trainer.train)()
     if result.preempted:
         return 0

@@ -4,9 +4,9 @@ CommonsenseQA and OpenBookQA are JSONL with `{id, answerKey, question: {stem, ch
 StrategyQA is a JSON list of `{qid, question, answer: bool, facts}`, cast as `(A) yes (B) no`.
 """
 
-import json
-
-from tinythinker_jax.data.records import DataError, JsonFields, Question, check_unique_ids, iter_json_lines, make_question
+from tinythinker_jax.data.records import (
+    DataError, JsonFields, Question, check_unique_ids, iter_json_lines, load_json, make_question,
+)
 
 YES_NO_OPTIONS = (("A", "yes"), ("B", "no"))
 
@@ -30,7 +30,7 @@ def _multiple_choice(fields: JsonFields, num_options: int) -> Question:
 def read_multiple_choice_jsonl(path: str, num_options: int) -> list[Question]:
     """CommonsenseQA (5 options) and OpenBookQA (4 options) files share this schema."""
     located = []
-    for line, obj in iter_json_lines(path):
+    for line, obj in iter_json_lines(path, allow_empty=False):
         fields = JsonFields(obj, path, line)
         fields.get("question", dict)
         located.append((fields, _multiple_choice(fields, num_options)))
@@ -40,13 +40,9 @@ def read_multiple_choice_jsonl(path: str, num_options: int) -> list[Question]:
 
 def read_strategyqa_json(path: str) -> list[Question]:
     """A JSON list; errors name the item index, since the file is one document."""
-    with open(path, encoding="utf-8") as f:
-        try:
-            items = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(path, e.lineno, None, f"not valid JSON ({e.msg})") from None
-    if not isinstance(items, list):
-        raise DataError(path, None, None, "expected a JSON list of questions")
+    items = load_json(path)
+    if not isinstance(items, list) or not items:
+        raise DataError(path, None, None, "expected a non-empty JSON list of questions")
     located = []
     for index, obj in enumerate(items):
         fields = JsonFields(obj, path, None, prefix=f"[{index}]")

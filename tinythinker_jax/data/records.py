@@ -8,7 +8,7 @@ one rationale per teacher sample. Validation and test files hold question record
 import dataclasses
 import json
 import os
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 from tinythinker_jax.errors import UserError
 
@@ -167,16 +167,117 @@ def _rationale_from_fields(fields: JsonFields, labels: Sequence[str]) -> Rationa
     return Rationale(recall=fields.get("recall", str), analyze=texts)
 
 
-def iter_json_lines(path: str) -> Iterator[tuple[int, Any]]:
-    """Yields (line number, parsed object) for each non-blank line of a JSONL file."""
-    with open(path, encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
+def _check_is_file(path: str) -> None:
+    if os.path.isdir(path):
+        raise DataError(path, None, None, "is a directory; expected a file")
+    if not os.path.exists(path):
+        raise DataError(path, None, None, "not found")
+
+
+def open_binary(path: str) -> BinaryIO:
+    """Opens an input file for reading, or raises DataError saying why it cannot be read (missing, a directory,
+    no permission), so no reader shows a traceback for a wrong path."""
+    _check_is_file(path)
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise DataError(path, None, None, f"cannot be read ({e.strerror})") from None
+
+
+def _line_of(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
+
+
+def decode_text(path: str, data: bytes, first_line: int = 1) -> str:
+    """`data` as UTF-8 text (a leading byte-order mark dropped), or a DataError at the line of the first bad byte.
+
+    A NUL byte or undecodable bytes mean a binary file (compressed, a model, a TFRecord), not text.
+    """
+    if b"\x00" in data:
+        line = first_line + _line_of(data, data.index(b"\x00")) - 1
+        raise DataError(path, line, None, "holds NUL bytes: a binary (or UTF-16) file, not UTF-8 text; "
+                                          "uncompress it or save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig" if first_line == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        line = first_line + _line_of(data, e.start) - 1
+        raise DataError(path, line, None, f"is not UTF-8 text (byte 0x{data[e.start]:02x}); "
+                                          f"save the file as UTF-8") from None
+
+
+def read_text(path: str) -> str:
+    """The whole of a text file, checked as `open_binary` and `decode_text` check it."""
+    with open_binary(path) as f:
+        return decode_text(path, f.read())
+
+
+def _ends_early(error: json.JSONDecodeError, text: str) -> bool:
+    """Whether JSON text broke off rather than went wrong: a string never closed (strict JSON strings
+    cannot span lines), or more expected where the text ends."""
+    return error.msg.startswith("Unterminated string") or error.pos >= len(text.rstrip())
+
+
+def load_json(path: str) -> Any:
+    """One JSON document (a list or an object), with a DataError for an empty, cut-off or malformed file."""
+    text = read_text(path)
+    if not text.strip():
+        raise DataError(path, None, None, "is empty; expected a JSON document")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        if _ends_early(e, text):
+            raise DataError(path, e.lineno, None, "the JSON document ends too early: the file is cut off "
+                                                  "(copied or written incompletely?)") from None
+        raise DataError(path, e.lineno, None, f"not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def iter_json_lines(path: str, *, allow_empty: bool = True) -> Iterator[tuple[int, Any]]:
+    """Yields (line number, parsed object) for each non-blank line of a JSONL file.
+
+    Every problem is a DataError naming the file (and line): a missing file or a directory, binary or
+    non-UTF-8 bytes, a line that is not JSON, a last line cut off mid-record, and, unless `allow_empty`,
+    a file without a single record.
+    """
+    found = False
+    with open_binary(path) as f:
+        for number, raw in enumerate(f, start=1):
+            text = decode_text(path, raw, first_line=number)
             if not text.strip():
                 continue
             try:
-                yield number, json.loads(text)
+                obj = json.loads(text)
             except json.JSONDecodeError as e:
+                if not raw.endswith(b"\n") and _ends_early(e, text):
+                    raise DataError(path, number, None, "the last line is cut off mid-record (was the file copied "
+                                                        "or written incompletely?)") from None
                 raise DataError(path, number, None, f"not valid JSON ({e.msg} at column {e.colno})") from None
+            found = True
+            yield number, obj
+    if not found and not allow_empty:
+        raise DataError(path, None, None, "is empty; expected JSON lines, one record per line")
+
+
+def read_json_objects(path: str, string_fields: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file, at least one, each with `string_fields` as strings (empty allowed).
+
+    Args:
+        path: the JSONL file.
+        string_fields: fields every line must carry as a JSON string.
+
+    Returns:
+        The objects, in file order.
+
+    Raises:
+        DataError: naming the file, line and field of the first problem (see `iter_json_lines`).
+    """
+    rows = []
+    for line, obj in iter_json_lines(path, allow_empty=False):
+        fields = JsonFields(obj, path, line)
+        for field in string_fields:
+            if not isinstance(obj.get(field), str):
+                raise fields.error(field, "missing or not a string")
+        rows.append(obj)
+    return rows
 
 
 def check_unique_ids(located: Iterable[tuple["JsonFields", Question]], id_field: str = "id") -> None:
@@ -191,7 +292,7 @@ def check_unique_ids(located: Iterable[tuple["JsonFields", Question]], id_field:
 def read_questions(path: str) -> list[Question]:
     """Reads a question-record JSONL file (rationales, if present, are ignored)."""
     located = []
-    for line, obj in iter_json_lines(path):
+    for line, obj in iter_json_lines(path, allow_empty=False):
         fields = JsonFields(obj, path, line)
         located.append((fields, _question_from_fields(fields)))
     check_unique_ids(located)
@@ -201,7 +302,7 @@ def read_questions(path: str) -> list[Question]:
 def read_teacher_records(path: str) -> list[TeacherRecord]:
     """Reads a teacher-record JSONL file; every record must carry at least one rationale."""
     records, located = [], []
-    for line, obj in iter_json_lines(path):
+    for line, obj in iter_json_lines(path, allow_empty=False):
         fields = JsonFields(obj, path, line)
         question = _question_from_fields(fields)
         items = fields.get("rationales", list)
@@ -216,20 +317,36 @@ def read_teacher_records(path: str) -> list[TeacherRecord]:
     return records
 
 
+def json_line(row: Mapping[str, Any]) -> str:
+    """One JSONL line, as every writer of this project writes it."""
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def _check_writable(path: str) -> None:
+    if os.path.isdir(path):
+        raise DataError(path, None, None, "is a directory; expected the path of a file to write")
+
+
 def write_jsonl(path: str, rows: Iterable[Mapping[str, Any]]) -> None:
     """Writes rows atomically: readers see the old file or the whole new one, never a torn one."""
+    _check_writable(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:  # rows may be a generator that fails half-way: no temporary file is left behind
+                f.write(json_line(row))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def write_json(path: str, obj: Any) -> None:
     """Writes one JSON document atomically."""
+    _check_writable(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:

@@ -48,6 +48,13 @@ class TinythinkerQa(tfds.core.GeneratorBasedBuilder):
             yield question.id, question_to_json(question)
 
 
+def is_built(dataset: str, tfds_data_dir: str) -> bool:
+    """Whether a finished build of `tinythinker_qa/<dataset>` is under `tfds_data_dir` (TFDS writes its
+    `dataset_info.json` last)."""
+    name, version = tfds_name(dataset).split(":")
+    return os.path.isfile(os.path.join(tfds_data_dir, name, version, "dataset_info.json"))
+
+
 def build(dataset: str, split_dir: str, tfds_data_dir: str) -> None:
     """Prepares `tinythinker_qa/<dataset>` under `tfds_data_dir` from the split files in `split_dir`."""
     tfds.disable_progress_bar()  # our commands report progress themselves

@@ -10,9 +10,10 @@ Both HF import and export go through this format, and it is what a trainer start
 (`INITIAL_CHECKPOINT_PATH`): `restore_params` fills an abstract, possibly sharded, state.
 """
 
+import dataclasses
+import hashlib
 import json
 import os
-import shutil
 from typing import Any
 
 import jax
@@ -22,6 +23,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from tinythinker_jax import partitioning
+from tinythinker_jax.data import locations
+from tinythinker_jax.errors import UserError
 from tinythinker_jax.models.t5 import T5Config, T5Transformer, abstract_model
 
 CONFIG_FILE = "t5_config.json"
@@ -30,8 +33,17 @@ PARAMS_DIR = "params"
 EXTRA_IDS = 100  # T5's sentinel tokens, appended after the SentencePiece pieces
 
 
-class CheckpointError(ValueError):
-    """A model checkpoint directory that cannot be read or written as asked."""
+class CheckpointError(UserError, ValueError):
+    """A model checkpoint directory, or a vocabulary for one, that cannot be read or written as asked."""
+
+
+def error_summary(error: BaseException) -> str:
+    """A library error's innermost cause on one short line: Orbax wraps TensorStore's reason (the file and
+    what is wrong with it) in a page of its store's spec."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def check_vocab_fits(num_pieces: int, config: T5Config, vocab_path: str) -> None:
@@ -44,10 +56,57 @@ def check_vocab_fits(num_pieces: int, config: T5Config, vocab_path: str) -> None
         )
 
 
+def read_vocabulary(vocab_path: str) -> bytes:
+    """The bytes of a SentencePiece model file, local or at a URL (T5's own lives on gs://)."""
+    if not locations.is_url(vocab_path):
+        if not os.path.isfile(vocab_path):
+            raise CheckpointError(f"{vocab_path}: vocabulary file not found")
+        with open(vocab_path, "rb") as f:
+            return f.read()
+    import tensorflow as tf
+
+    try:
+        with tf.io.gfile.GFile(vocab_path, "rb") as f:
+            return f.read()
+    except Exception as e:  # tf.errors.OpError and the file systems' own: the URL cannot be read
+        raise locations.vocabulary_error(vocab_path, f"cannot be read ({error_summary(e)})") from e
+
+
 def sentencepiece_size(vocab_path: str) -> int:
+    """The number of pieces of a SentencePiece model file; a file that is not one is an error naming it."""
     import sentencepiece
 
-    return sentencepiece.SentencePieceProcessor(model_file=vocab_path).get_piece_size()
+    processor = sentencepiece.SentencePieceProcessor()
+    try:
+        processor.LoadFromSerializedProto(read_vocabulary(vocab_path))
+    except RuntimeError as e:
+        raise CheckpointError(f"{vocab_path} is not a SentencePiece model ({error_summary(e)}); the file is "
+                              f"damaged or another kind of file") from e
+    return processor.get_piece_size()
+
+
+def _sha256(vocab_path: str) -> str:
+    return hashlib.sha256(read_vocabulary(vocab_path)).hexdigest()
+
+
+def check_checkpoint_vocabulary(ckpt_dir: str, vocabulary: str, setting: str) -> None:
+    """Refuses a vocabulary given for a checkpoint that is not the checkpoint's own `spiece.model` (compared
+    by content) or that its embedding cannot cover: the model would read and write token ids it was never
+    trained on, which decode to `⁇` without a word.
+
+    Args:
+        ckpt_dir: the model checkpoint.
+        vocabulary: the SentencePiece model file given with it.
+        setting: the flag or gin macro that gave `vocabulary`, for the message.
+
+    Raises:
+        CheckpointError: naming both files.
+    """
+    own = checked_vocab_path(ckpt_dir)  # which fits the embedding
+    if _sha256(vocabulary) != _sha256(own):
+        raise CheckpointError(
+            f"{setting} {vocabulary} is not the vocabulary of {ckpt_dir} (it differs from {own}): the model "
+            f"would read token ids it was not trained on and write '⁇'; use {own} or leave {setting} unset")
 
 
 def save_checkpoint(ckpt_dir: str, params: Any, config: T5Config, vocab_path: str) -> None:
@@ -58,6 +117,7 @@ def save_checkpoint(ckpt_dir: str, params: Any, config: T5Config, vocab_path: st
     ckpt_dir = os.path.abspath(ckpt_dir)
     if os.path.exists(os.path.join(ckpt_dir, PARAMS_DIR)):
         raise CheckpointError(f"{ckpt_dir} already holds a checkpoint; choose an empty directory")
+    vocabulary = read_vocabulary(vocab_path)
     check_vocab_fits(sentencepiece_size(vocab_path), config, vocab_path)
     if isinstance(params, nnx.State):
         params = nnx.to_pure_dict(params)
@@ -67,28 +127,65 @@ def save_checkpoint(ckpt_dir: str, params: Any, config: T5Config, vocab_path: st
     if jax.process_index() == 0:  # one writer per file in a multi-host save
         with open(os.path.join(ckpt_dir, CONFIG_FILE), "w") as f:
             json.dump(config.to_json_dict(), f, indent=2)
-        shutil.copyfile(vocab_path, os.path.join(ckpt_dir, VOCAB_FILE))
+        with open(os.path.join(ckpt_dir, VOCAB_FILE), "wb") as f:
+            f.write(vocabulary)
+
+
+def read_json_object(path: str, error: type[Exception], damaged: str = "") -> dict:
+    """A config file's JSON object; anything else raises `error` naming the file (`damaged` ends the message)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            fields = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path} is not valid JSON ({error_summary(e)}){damaged}") from None
+    if not isinstance(fields, dict):
+        raise error(f"{path}: expected a JSON object")
+    return fields
 
 
 def load_config(ckpt_dir: str) -> T5Config:
+    """The checkpoint's `T5Config`; a missing or damaged `t5_config.json` is an error naming it."""
     path = os.path.join(ckpt_dir, CONFIG_FILE)
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         raise CheckpointError(f"{ckpt_dir} is not a model checkpoint: {CONFIG_FILE} is missing")
-    with open(path) as f:
-        return T5Config.from_json_dict(json.load(f))
+    fields = read_json_object(path, CheckpointError, ": the checkpoint is damaged")
+    _check_config_types(fields, path)
+    try:
+        return T5Config.from_json_dict(fields)
+    except (TypeError, ValueError) as e:  # unknown or missing fields, an unknown feed_forward_proj or dtype
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def _check_config_types(fields: dict[str, Any], path: str) -> None:
+    # JSON types per field type: a number in quotes would only fail deep inside the model's construction.
+    accepted = {int: ((int,), "an integer"), float: ((int, float), "a number"), str: ((str,), "a string"),
+                bool: ((bool,), "true or false")}
+    for field in dataclasses.fields(T5Config):
+        value, (types, name) = fields.get(field.name), accepted[field.type]
+        if value is not None and not isinstance(value, types):
+            raise CheckpointError(f"{path}: {field.name} is {value!r}, expected {name}")
 
 
 def vocab_path(ckpt_dir: str) -> str:
     return os.path.join(ckpt_dir, VOCAB_FILE)
 
 
+def checked_vocab_path(ckpt_dir: str) -> str:
+    """The checkpoint's `spiece.model`, checked to be there, to be a SentencePiece model and to fit the
+    embedding: a vocabulary with more ids than the embedding has rows would decode to `⁇`."""
+    path = vocab_path(ckpt_dir)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{ckpt_dir} is not a complete model checkpoint: {VOCAB_FILE} is missing; copy in "
+                              f"the spiece.model the model was trained with")
+    check_vocab_fits(sentencepiece_size(path), load_config(ckpt_dir), path)
+    return path
+
+
 def load_vocabulary(ckpt_dir: str):
-    """The checkpoint's `seqio.SentencePieceVocabulary`, checked against the embedding size."""
+    """The checkpoint's `seqio.SentencePieceVocabulary`, checked as `checked_vocab_path` checks it."""
     import seqio
 
-    vocabulary = seqio.SentencePieceVocabulary(vocab_path(ckpt_dir), extra_ids=EXTRA_IDS)
-    check_vocab_fits(vocabulary.vocab_size - EXTRA_IDS, load_config(ckpt_dir), vocab_path(ckpt_dir))
-    return vocabulary
+    return seqio.SentencePieceVocabulary(checked_vocab_path(ckpt_dir), extra_ids=EXTRA_IDS)
 
 
 def restore_params(ckpt_dir: str, target: nnx.State) -> nnx.State:
@@ -105,9 +202,18 @@ def restore_params(ckpt_dir: str, target: nnx.State) -> nnx.State:
     if not os.path.isdir(params_dir):
         raise CheckpointError(f"{ckpt_dir} is not a model checkpoint: {PARAMS_DIR}/ is missing")
     with ocp.StandardCheckpointer() as checkpointer:
-        _check_tree_matches(checkpointer.metadata(params_dir).item_metadata.tree, abstract, ckpt_dir)
-        nnx.replace_by_pure_dict(target, checkpointer.restore(params_dir, abstract))
+        saved = _read_params(lambda: checkpointer.metadata(params_dir).item_metadata.tree, params_dir)
+        _check_tree_matches(saved, abstract, ckpt_dir)
+        nnx.replace_by_pure_dict(target, _read_params(lambda: checkpointer.restore(params_dir, abstract), params_dir))
     return target
+
+
+def _read_params(read, params_dir: str) -> Any:
+    try:
+        return read()
+    except Exception as e:  # Orbax raises bare Exceptions for a truncated or missing array file
+        raise CheckpointError(f"{params_dir} cannot be read ({error_summary(e)}): the checkpoint is damaged or "
+                              f"incomplete; copy or convert it again") from e
 
 
 def _check_tree_matches(saved: Any, expected: Any, ckpt_dir: str) -> None:

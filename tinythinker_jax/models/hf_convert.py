@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple
 import numpy as np
 from flax import traverse_util
 
+from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import checkpoints
 from tinythinker_jax.models.t5 import FEED_FORWARD_PROJS, T5Config
 
@@ -28,23 +29,28 @@ IGNORED_TENSORS = re.compile(
 )
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """A Hugging Face T5 directory this converter cannot turn into a checkpoint, or back."""
 
 
-def config_from_hf(hf: Mapping[str, Any]) -> T5Config:
+def config_from_hf(hf: Mapping[str, Any], path: str = "config.json") -> T5Config:
+    """Our config from an HF `config.json`'s fields; errors start with `path`."""
     if hf.get("model_type") not in SUPPORTED_MODEL_TYPES:
-        raise ConversionError(f"config.json: model_type {hf.get('model_type')!r} is not one of {SUPPORTED_MODEL_TYPES}")
+        raise ConversionError(f"{path}: model_type {hf.get('model_type')!r} is not one of {SUPPORTED_MODEL_TYPES}")
     if not hf.get("is_encoder_decoder", True):
-        raise ConversionError("config.json: only encoder-decoder T5 models are supported")
+        raise ConversionError(f"{path}: only encoder-decoder T5 models are supported")
     feed_forward_proj = hf.get("feed_forward_proj", "relu")
     if feed_forward_proj not in FEED_FORWARD_PROJS:
         raise ConversionError(
-            f"config.json: feed_forward_proj {feed_forward_proj!r} is not supported; use one of {FEED_FORWARD_PROJS}"
+            f"{path}: feed_forward_proj {feed_forward_proj!r} is not supported; use one of {FEED_FORWARD_PROJS}"
         )
-    missing = [key for key in ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_layers") if key not in hf]
+    sizes = ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_layers")
+    missing = [key for key in sizes if key not in hf]
     if missing:
-        raise ConversionError(f"config.json lacks {missing}")
+        raise ConversionError(f"{path} lacks {missing}")
+    wrong = [f"{key}={hf[key]!r}" for key in sizes if not isinstance(hf[key], int) or hf[key] < 1]
+    if wrong:
+        raise ConversionError(f"{path}: {', '.join(wrong)}; expected positive integers")
     return T5Config(
         vocab_size=hf["vocab_size"],
         d_model=hf["d_model"],
@@ -200,31 +206,54 @@ def params_to_hf(params: Mapping[str, Any], config: T5Config) -> dict[str, np.nd
     }
 
 
-def read_hf_tensors(hf_dir: str) -> dict[str, np.ndarray]:
-    """Every tensor of the directory's weights, as float32 numpy."""
-    for weights_name, reader in (("model.safetensors", _read_safetensors), ("pytorch_model.bin", _read_torch)):
-        single = os.path.join(hf_dir, weights_name)
-        if os.path.exists(single):
-            return reader(single)
-        index = single + ".index.json"
-        if os.path.exists(index):
-            with open(index) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-            tensors = {}
-            for shard in shards:
-                tensors.update(reader(os.path.join(hf_dir, shard)))
-            return tensors
+def weights_path(hf_dir: str) -> str:
+    """The directory's weights file, or the index of its shards."""
+    for weights_name in ("model.safetensors", "pytorch_model.bin"):
+        for path in (os.path.join(hf_dir, weights_name), os.path.join(hf_dir, weights_name + ".index.json")):
+            if os.path.exists(path):
+                return path
     raise ConversionError(
         f"{hf_dir} holds no weights: expected model.safetensors, pytorch_model.bin or their .index.json"
     )
 
 
+def read_hf_tensors(hf_dir: str) -> dict[str, np.ndarray]:
+    """Every tensor of the directory's weights, as float32 numpy."""
+    path = weights_path(hf_dir)
+    reader = _read_safetensors if ".safetensors" in os.path.basename(path) else _read_torch
+    if not path.endswith(".index.json"):
+        return reader(path)
+    tensors = {}
+    for shard in _shards(path):
+        shard_path = os.path.join(hf_dir, shard)
+        if not os.path.isfile(shard_path):
+            raise ConversionError(f"{shard_path} is missing: {os.path.basename(path)} lists it as a shard")
+        tensors.update(reader(shard_path))
+    return tensors
+
+
+def _shards(index_path: str) -> list[str]:
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConversionError(f"{index_path} is not valid JSON ({checkpoints.error_summary(e)})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ConversionError(f"{index_path}: expected a 'weight_map' of tensor names to shard files")
+    return sorted(set(weight_map.values()))
+
+
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
     from safetensors import safe_open
 
-    # The flax reader understands bfloat16, which numpy alone does not.
-    with safe_open(path, framework="flax") as f:
-        return {name: np.asarray(f.get_tensor(name).astype(np.float32)) for name in f.keys()}
+    try:
+        # The flax reader understands bfloat16, which numpy alone does not.
+        with safe_open(path, framework="flax") as f:
+            return {name: np.asarray(f.get_tensor(name).astype(np.float32)) for name in f.keys()}
+    except Exception as e:  # safetensors' own SafetensorError, or an OSError: the file is damaged or cut off
+        raise ConversionError(f"{path} cannot be read as safetensors ({checkpoints.error_summary(e)}): the "
+                              f"download is damaged or incomplete; download it again") from e
 
 
 def _read_torch(path: str) -> dict[str, np.ndarray]:
@@ -232,34 +261,57 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
         import torch
     except ImportError as e:
         raise ConversionError(f"reading {path} needs torch; install it or convert the weights to safetensors") from e
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated zip or pickle: torch raises RuntimeError, UnpicklingError, EOFError
+        raise ConversionError(f"{path} cannot be read as PyTorch weights ({checkpoints.error_summary(e)}): the "
+                              f"download is damaged or incomplete; download it again") from e
     return {name: tensor.float().numpy() for name, tensor in state_dict.items()}
+
+
+def read_hf_config(hf_dir: str) -> T5Config:
+    """Our config from the directory's `config.json`; a missing or damaged one is an error naming it."""
+    path = os.path.join(hf_dir, "config.json")
+    if not os.path.isfile(path):
+        raise ConversionError(f"{hf_dir} is not a Hugging Face T5 directory: config.json is missing")
+    return config_from_hf(checkpoints.read_json_object(path, ConversionError), path)
 
 
 def import_hf(hf_dir: str, ckpt_dir: str) -> T5Config:
     """Converts an HF T5 directory into a model checkpoint at `ckpt_dir`."""
-    config_path = os.path.join(hf_dir, "config.json")
+    if not os.path.isdir(hf_dir):
+        raise ConversionError(f"{hf_dir} is not a directory; expected a Hugging Face T5 model directory")
+    config = read_hf_config(hf_dir)
     vocab_path = os.path.join(hf_dir, checkpoints.VOCAB_FILE)
-    for path in (config_path, vocab_path):
-        if not os.path.exists(path):
-            raise ConversionError(f"{hf_dir} is not a Hugging Face T5 directory: {os.path.basename(path)} is missing")
-    with open(config_path) as f:
-        config = config_from_hf(json.load(f))
+    if not os.path.isfile(vocab_path):
+        raise ConversionError(f"{hf_dir} is not a Hugging Face T5 directory: {checkpoints.VOCAB_FILE} is missing")
     checkpoints.check_vocab_fits(checkpoints.sentencepiece_size(vocab_path), config, vocab_path)
-    params = params_from_hf(read_hf_tensors(hf_dir), config)
+    tensors = read_hf_tensors(hf_dir)
+    try:
+        params = params_from_hf(tensors, config)
+    except ConversionError as e:  # name the files that disagree
+        config_path = os.path.join(hf_dir, "config.json")
+        raise ConversionError(f"{weights_path(hf_dir)} does not fit {config_path}: {e}") from None
     checkpoints.save_checkpoint(ckpt_dir, params, config, vocab_path)
     return config
 
 
 def export_hf(ckpt_dir: str, hf_dir: str) -> T5Config:
-    """Writes `config.json`, `model.safetensors` and `spiece.model` for `T5ForConditionalGeneration`."""
+    """Writes `config.json`, `model.safetensors` and `spiece.model` for `T5ForConditionalGeneration`.
+
+    Refuses a directory that already holds a model, as import refuses to overwrite a checkpoint.
+    """
     from safetensors.numpy import save_file
 
+    written = [name for name in ("config.json", "model.safetensors") if os.path.exists(os.path.join(hf_dir, name))]
+    if written:
+        raise ConversionError(f"{hf_dir} already holds {' and '.join(written)}; choose an empty directory")
+    vocab_path = checkpoints.checked_vocab_path(ckpt_dir)
     config, params = checkpoints.load_params_numpy(ckpt_dir)
     os.makedirs(hf_dir, exist_ok=True)
     with open(os.path.join(hf_dir, "config.json"), "w") as f:
         json.dump(config_to_hf(config), f, indent=2)
     # transformers only loads safetensors marked as PyTorch-format.
     save_file(params_to_hf(params, config), os.path.join(hf_dir, "model.safetensors"), metadata={"format": "pt"})
-    shutil.copyfile(checkpoints.vocab_path(ckpt_dir), os.path.join(hf_dir, checkpoints.VOCAB_FILE))
+    shutil.copyfile(vocab_path, os.path.join(hf_dir, checkpoints.VOCAB_FILE))
     return config

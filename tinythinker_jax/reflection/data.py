@@ -25,9 +25,13 @@ REFERENCE_FIELDS = ("reference_chosen", "reference_rejected")
 
 
 def read_pairs(path: str, scored: bool = False) -> list[dict]:
-    """The rows of a pair file, checked; `scored` also requires the reference log-likelihoods."""
+    """The rows of a pair file, at least one, checked; `scored` also requires the reference log-likelihoods.
+
+    Raises:
+        DataError: naming the file (line and field) of a missing, empty, binary or cut-off file or a bad row.
+    """
     rows = []
-    for line, obj in iter_json_lines(path):
+    for line, obj in iter_json_lines(path, allow_empty=False):  # a stage without pairs has no task, so no file read
         fields = JsonFields(obj, path, line)
         row = {key: fields.get(key, str) for key in ("id", "prompt")}
         for key in ("chosen", "rejected"):  # a sampled text may be empty: the student wrote only EOS

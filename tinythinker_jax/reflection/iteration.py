@@ -18,14 +18,15 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 from flax import nnx
 
 import tinythinker_tasks
-from tinythinker_jax import chains, partitioning
+from tinythinker_jax import chains, evaluation, gin_utils, partitioning
 from tinythinker_jax.data import lengths, locations, records
+from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import t5
 from tinythinker_jax.reflection import data as pair_data
 from tinythinker_jax.reflection import losses, sampling
@@ -95,6 +96,34 @@ def training_steps(blocks: tuple[tuple[str, int], ...], rounds: int) -> tuple[in
     return rounds * round_steps, round_steps
 
 
+def check_settings(arguments: Mapping[str, Any]) -> None:
+    """The start of `run_iteration` (and of a pipeline, for the iterations it will run): refuses, before any
+    data set-up, settings that would train nothing or fail later, naming each as the user set it (e.g. `ROUNDS`).
+    The iteration number is checked by `run_iteration` itself: a pipeline passes its own.
+
+    Args:
+        arguments: `run_iteration`'s arguments (as `gin_utils.bound_arguments(run_iteration)` gives them).
+
+    Raises:
+        UserError: Naming the first bad setting.
+    """
+    fn = run_iteration
+    evaluation.require_stage_mixture(fn, arguments["mixture_or_task_name"])
+    gin_utils.require_choice(fn, "stage_type", arguments["stage_type"], STAGE_TYPES)
+    gin_utils.require_positive(fn, {name: arguments[name] for name in (
+        "batch_size", "rounds", "max_questions", "keep_checkpoints", "log_every")}, optional=("max_questions",))
+    trainer.require_eval_questions(fn, arguments["max_eval_questions"])
+    beta, alpha = arguments["beta"], arguments["alpha"]
+    gin_utils.require(gin_utils.is_number(beta) and beta > 0, fn, "beta", beta, "a number > 0")
+    gin_utils.require_non_negative(fn, "alpha", alpha)
+    settings = arguments["sampling_settings"]
+    gin_utils.require_positive(sampling.SamplingSettings,
+                               {"num_samples": settings.num_samples, "chunk_size": settings.chunk_size})
+    gin_utils.require_non_negative(sampling.SamplingSettings, "temperature", settings.temperature)
+    evaluation.check_chain_settings(arguments["chain_settings"])
+    gin_utils.require_mesh(fn, arguments)
+
+
 @dataclasses.dataclass(frozen=True)
 class IterationResult:
     iteration: int
@@ -133,11 +162,12 @@ def run_iteration(
 ) -> IterationResult:
     """Iteration `iteration` (1, 2, ...) under `model_dir`; `max_questions` samples on the first training
     questions that have teacher records only (the paper uses all of them)."""
-    if stage_type not in STAGE_TYPES:
-        raise ValueError(f"unknown reflection stage type {stage_type!r}; expected one of {sorted(STAGE_TYPES)}")
-    if iteration < 1:
-        raise ValueError(f"ITERATION is {iteration}; iterations count from 1 (iteration 1 starts from phase 1)")
-    locations.require_local(model_dir)
+    check_settings(locals())  # first: locals() holds exactly the arguments
+    if not (gin_utils.is_int(iteration) and iteration >= 1):
+        raise UserError(f"{gin_utils.setting_name(run_iteration, 'iteration', default='ITERATION')} is "
+                        f"{iteration!r}: it must be a positive integer (iteration 1 starts from phase 1)")
+    model_dir_setting = gin_utils.setting_name(run_iteration, "model_dir", default="MODEL_DIR")
+    locations.require_local(model_dir, model_dir_setting)
     out_dir = iteration_dir(model_dir, iteration)
     done = read_marker_before_the_step(os.path.join(out_dir, checkpointing.DONE))
     if done is not None:
@@ -146,9 +176,10 @@ def run_iteration(
     previous = previous_dir(model_dir, iteration)
     if read_marker(os.path.join(previous, checkpointing.DONE)) is None:
         phase = "phase 1" if iteration == 1 else f"iteration {iteration - 1}"
-        raise FileNotFoundError(f"iteration {iteration} starts from M({iteration - 1}), the best model of {phase}, "
-                                f"but {phase} is not finished (no {os.path.join(previous, checkpointing.DONE)}): "
-                                f"run {phase} first, or again to finish it")
+        raise UserError(f"iteration {iteration} starts from M({iteration - 1}), the best model of {phase}, "
+                        f"but {phase} is not finished (no {os.path.join(previous, checkpointing.DONE)}): "
+                        f"run {phase} first, or again to finish it")
+    locations.require_writable(out_dir, model_dir_setting)
     reference_path = reference_checkpoint(model_dir, iteration)
     # The chains read generated text: never cut below the widest input phase 1 trained on.
     phase1_stats = read_marker(os.path.join(sft_dir(model_dir), trainer.DATA_STATS))

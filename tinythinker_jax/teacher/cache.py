@@ -9,6 +9,11 @@ import json
 import os
 from typing import Any, Mapping, Optional
 
+from tinythinker_jax.data.records import DataError, decode_text, open_binary
+
+_ENTRY_START = b'{"key"'  # how every line `put` writes begins, so also how a torn one begins
+_NOT_A_CACHE = "pass the response cache of a teacher run (--cache), or a new path"
+
 
 def normalize_completion(completion: Mapping[str, Any]) -> dict[str, Any]:
     """A chat-completion JSON object reduced to what the pipeline reads; raises ValueError if unusable."""
@@ -33,22 +38,43 @@ class ResponseCache:
     def __init__(self, path: str):
         self.path = path
         self._responses: dict[str, dict[str, Any]] = {}
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if os.path.exists(path):
             self._load()
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise DataError(path, None, None, f"the response cache cannot be written ({e.strerror})") from None
 
     def _load(self) -> None:
-        with open(self.path, "rb") as f:
+        """Reads every entry; cuts off a torn last line, but only after every whole line has been read, and only
+        when it is the start of an entry, so a file that is not a cache is refused, never shortened."""
+        with open_binary(self.path) as f:
             data = f.read()
+        if b"\x00" in data:  # JSON escapes NUL, so no cache holds one
+            line = data.count(b"\n", 0, data.index(b"\x00")) + 1
+            raise DataError(self.path, line, None, f"holds NUL bytes, so it is a binary file; {_NOT_A_CACHE}")
         whole = data[:data.rfind(b"\n") + 1]
-        if len(whole) < len(data):
+        tail = data[len(whole):]
+        for number, line in enumerate(whole.split(b"\n")[:-1], start=1):
+            if line.strip():
+                self._add(number, decode_text(self.path, line, first_line=number))
+        if tail:
+            line = whole.count(b"\n") + 1
+            if not (tail.startswith(_ENTRY_START) or _ENTRY_START.startswith(tail)):
+                raise DataError(self.path, line, None, f"not a response cache line; {_NOT_A_CACHE}")
             with open(self.path, "r+b") as f:
                 f.truncate(len(whole))  # the torn tail of a write cut short by a kill
-        for line in whole.splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                self._responses[entry["key"]] = entry["response"]
+
+    def _add(self, number: int, text: str) -> None:
+        try:
+            entry = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(self.path, number, None, f"not valid JSON ({e.msg}); {_NOT_A_CACHE}") from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("key"), str) or not isinstance(
+                entry.get("response"), dict):
+            raise DataError(self.path, number, None, f'not a {{"key", "response"}} cache entry; {_NOT_A_CACHE}')
+        self._responses[entry["key"]] = entry["response"]
 
     def __contains__(self, key: str) -> bool:
         return key in self._responses

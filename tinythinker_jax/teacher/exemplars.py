@@ -7,9 +7,8 @@ exemplars, so its files can be passed with `--exemplars` as they are.
 
 import dataclasses
 import importlib.resources
-import json
 
-from tinythinker_jax.data.records import DataError
+from tinythinker_jax.data.records import DataError, load_json
 from tinythinker_jax.teacher import parsing
 
 # The toy world mirrors the benchmarks' layouts, so it borrows their exemplars.
@@ -61,11 +60,8 @@ def _check(item: object, path: str, index: int) -> Exemplar:
 
 
 def load_exemplars(path: str) -> list[Exemplar]:
-    with open(path, encoding="utf-8") as f:
-        try:
-            items = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(path, e.lineno, None, f"not valid JSON ({e.msg})") from None
+    """The exemplars of a JSON list file, each checked; a DataError names the file and item of a problem."""
+    items = load_json(path)
     if not isinstance(items, list) or not items:
         raise DataError(path, None, None, "expected a non-empty JSON list of exemplars")
     return [_check(item, path, index) for index, item in enumerate(items)]

@@ -9,11 +9,10 @@ reproduced, only its construction: here `random.Random(seed).sample` draws it, w
 the notebook would have drawn right after `random.seed(seed)`.
 """
 
-import json
 import random
 from typing import Optional, Sequence
 
-from tinythinker_jax.data.records import DataError, Question
+from tinythinker_jax.data.records import DataError, Question, load_json
 from tinythinker_jax.teacher.exemplars import Exemplar
 
 
@@ -26,11 +25,7 @@ def load_instruction(path: str) -> str:
     Returns:
         The instruction, with its whitespace as in the file (the notebook strips only the whole message).
     """
-    with open(path, encoding="utf-8") as f:
-        try:
-            request = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(path, e.lineno, None, f"not valid JSON ({e.msg})") from None
+    request = load_json(path)
     if not isinstance(request, dict) or not isinstance(request.get("Key"), str) or not request["Key"].strip():
         raise DataError(path, None, "Key", "expected the instruction as a non-empty string")
     return request["Key"]

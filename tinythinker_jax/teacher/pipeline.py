@@ -148,6 +148,8 @@ def generate(
         if send is None and missing:
             pending = missing
             break
+        if stats.stopped:
+            break  # a wrong key or a dead server: later rounds would fail alike
 
     records, choice_counts, relabelled = _records(tally, sampling.seed)
     filtered = tally.filtered + choice_counts
@@ -170,6 +172,7 @@ def generate(
             "retries": stats.retried,
             "pending": len(pending),
             "errors": dict(stats.errors),
+            "stopped": stats.stopped,
         },
         "tokens": dict(tally.tokens),  # every response used, cached or new
         "cost_usd": pricing.cost_usd(prices, tally.tokens["prompt"], tally.tokens["completion"]),
@@ -181,3 +184,23 @@ def generate(
         ],
     }
     return Outcome(records, report, pending)
+
+
+def shortfall(report: dict[str, Any], min_records_share: float) -> Optional[str]:
+    """Why a run's records are not enough to train on, in one line; None when they are.
+
+    A run falls short when sending stopped early (a wrong key, a dead server), when no question got a
+    record, or when fewer than `min_records_share` of the questions did. The line gives the counts per
+    failure reason: failed requests by error, and dropped samples by filter.
+    """
+    records, questions, requests = report["records"], report["questions"], report["requests"]
+    got = f"{records}/{questions} questions got teacher records"
+    if requests["stopped"]:
+        why = f"{requests['stopped']}; {got}"
+    elif records == 0 or records < min_records_share * questions:
+        why = f"{got}, fewer than --min_records_share {min_records_share:g} asks"
+    else:
+        return None
+    failed = ", ".join(f"{error} x{count}" for error, count in sorted(requests["errors"].items())) or "none"
+    dropped = ", ".join(f"{reason} x{count}" for reason, count in report["filtered"].items() if count) or "none"
+    return f"{why}; failed requests: {failed}; dropped samples: {dropped}"

@@ -3,6 +3,9 @@
     MODEL_DIR/checkpoints/<step>/   Orbax: params, optimizer state, RNG key; JSON: step, data position,
                                     best accuracy. Orbax finalises a step by renaming its temporary
                                     directory, so a save cut short by a dying process is ignored on restart.
+                                    A finalised step damaged since (a truncated file) is found on restore:
+                                    the run resumes from the newest step that restores whole.
+    MODEL_DIR/checkpoints_unreadable/<step>/   such a damaged step, moved aside and named in a warning
     MODEL_DIR/best/                 the best model by validation accuracy, as a model checkpoint
                                     (`tinythinker_jax.models.checkpoints`), plus best.json; replaced by
                                     renaming a complete directory, so it is always whole.
@@ -12,31 +15,81 @@
 import json
 import os
 import shutil
-from typing import Any
+import sys
+import time
+from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from tinythinker_jax.data import records
+from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import checkpoints as model_checkpoints
 from tinythinker_jax.models.t5 import T5Config
 
 BEST_DIR = "best"
 BEST_INFO = "best.json"
 DONE = "done.json"
+CHECKPOINTS_DIR = "checkpoints"
+UNREADABLE_DIR = "checkpoints_unreadable"
 
 
 class TrainCheckpoints:
     def __init__(self, model_dir: str, keep: int):
         if jax.process_index() == 0:
             _restore_interrupted_best(model_dir)
+        self.model_dir = os.path.abspath(model_dir)
+        self.directory = os.path.join(self.model_dir, CHECKPOINTS_DIR)
         self.manager = ocp.CheckpointManager(
-            os.path.join(os.path.abspath(model_dir), "checkpoints"),
+            self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
         )
 
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+    def restore_latest(self, target: dict[str, Any]) -> Optional[tuple[dict[str, Any], dict[str, Any]]]:
+        """The newest step that restores whole (arrays shaped like `target`, and the JSON info), or None
+        when there is no checkpoint.
+
+        Orbax's commit marker only says that a save finished; a file damaged since (a full disk, a copy cut
+        short) shows only when it is read. Newer steps that fail are moved to MODEL_DIR/checkpoints_unreadable/
+        (so the resumed run can save those steps again), each with a warning naming it and why.
+
+        Raises:
+            UserError: when no step restores; nothing is moved then, since a cause shared by every step (a
+                changed model config) is no damage.
+        """
+        failures = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored, error = self.restore(step, target), None
+            except Exception as e:  # Orbax raises bare Exceptions for a truncated array file
+                restored, error = None, e
+            reason = _agreed_failure(error)
+            if reason is None:
+                self._set_aside(failures, step)
+                return restored
+            failures.append((step, reason))
+        if failures:
+            reasons = "; ".join(f"step {step}: {reason}" for step, reason in failures)
+            raise UserError(f"no checkpoint in {self.directory} can be restored ({reasons}); if the model "
+                            f"or optimizer settings changed, restore them, else delete the directory to start over")
+        return None
+
+    def _set_aside(self, failures: list[tuple[int, str]], resumed: int) -> None:
+        """Moves the failed steps out of Orbax's sight and says so; process 0 moves, every process reloads."""
+        if not failures:
+            return
+        aside = os.path.join(self.model_dir, UNREADABLE_DIR)
+        moved = {step: os.path.join(aside, f"{step}-{int(time.time())}") for step, _ in failures}
+        if jax.process_index() == 0:
+            os.makedirs(aside, exist_ok=True)
+            for step, destination in moved.items():
+                os.rename(os.path.join(self.directory, str(step)), destination)
+        sync_processes("unreadable checkpoints set aside")
+        self.manager.reload()
+        for step, reason in failures:
+            print(f"warning: skipped checkpoint step {step} of {self.directory}: it cannot be restored ({reason}); "
+                  f"moved it to {moved[step]} and resuming from step {resumed}", file=sys.stderr)
 
     def save(self, step: int, arrays: dict[str, Any], info: dict[str, Any]) -> None:
         self.manager.save(step, args=ocp.args.Composite(
@@ -53,6 +106,19 @@ class TrainCheckpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _agreed_failure(error: Optional[Exception]) -> Optional[str]:
+    """Why a step failed to restore on this process or another, or None when every process restored it:
+    all must resume from the same step."""
+    failed = error is not None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        failed = bool(np.any(multihost_utils.process_allgather(np.array(failed))))
+    if not failed:
+        return None
+    return model_checkpoints.error_summary(error) if error is not None else "unreadable on another process"
 
 
 def best_dir(model_dir: str) -> str:

@@ -10,6 +10,7 @@ next batch.
 
 import dataclasses
 import math
+import os
 import signal
 import time
 from typing import Callable, Mapping, Optional
@@ -20,6 +21,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from tinythinker_jax import partitioning
+from tinythinker_jax.models import checkpoints as model_checkpoints
 from tinythinker_jax.models.t5 import T5Config, T5Transformer
 from tinythinker_jax.training import checkpointing, metrics, optimizers, schedule, streams
 from tinythinker_jax.training.step import LossFn, global_batch, make_train_step
@@ -127,16 +129,23 @@ class Loop:
             writer.close()
             checkpoints.close()
 
+    def _check_same_vocabulary(self) -> None:
+        """A resumed run must read its data with the vocabulary it started with, which its best model keeps."""
+        best = checkpointing.best_dir(self.model_dir)
+        if os.path.isdir(best):
+            model_checkpoints.check_checkpoint_vocabulary(best, self.vocab_path, "the vocabulary (VOCABULARY_PATH)")
+
     def _run(self, checkpoints, writer, preemption) -> TrainResult:
         graphdef, params, rest = nnx.split(self.model, nnx.Param, ...)
         opt_state = jax.jit(self.optimizer.transform.init)(params)
         rng = jax.random.key_data(jax.random.key(self.seed))
         step, data_state, best = 0, schedule.BlockSchedule.initial_state(), {"accuracy": None, "step": None}
-        latest = checkpoints.latest_step()
-        if latest is not None:
-            arrays, info = checkpoints.restore(latest, {"params": params, "opt_state": opt_state, "rng": rng})
+        restored = checkpoints.restore_latest({"params": params, "opt_state": opt_state, "rng": rng})
+        if restored is not None:
+            arrays, info = restored
             params, opt_state, rng = arrays["params"], arrays["opt_state"], arrays["rng"]
             step, data_state, best = info["step"], info["data_state"], info["best"]
+            self._check_same_vocabulary()
             print(f"Resuming {self.name} from {self.model_dir} at step {step}.")
         train_step = make_train_step(graphdef, rest, self.optimizer.transform, self.loss_fn)
 

@@ -8,14 +8,14 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import gin
 import jax
 import seqio
 
 import tinythinker_tasks
-from tinythinker_jax import chains, formats, partitioning
+from tinythinker_jax import chains, evaluation, formats, gin_utils, partitioning
 from tinythinker_jax.data import benchmarks, lengths, locations, prepare, records
 from tinythinker_jax.models import checkpoints as model_checkpoints
 from tinythinker_jax.models import t5
@@ -113,8 +113,9 @@ def train(
     Evaluation and checkpoints come every cycle of blocks (`eval_every` overrides) and at the end; a
     finished run writes `done.json` (its best model is then M(0) for self-reflection).
     """
+    check_settings(locals())  # first: locals() holds exactly the arguments
+    require_model_dir(train, model_dir)
     started = time.time()
-    locations.require_local(model_dir)
     done = os.path.join(model_dir, checkpointing.DONE)
     finished_before = checkpointing.read_marker_before_the_step(done) is not None
     dataset, stage_type, vocabulary = setup_data(mixture_or_task_name, data_dir, vocabulary_path, model_config)
@@ -147,6 +148,41 @@ def train(
         checkpointing.write_marker(done, {"validation_accuracy": result.best_accuracy, "best_step": result.best_step,
                                           "wall_seconds": time.time() - started})
     return result
+
+
+def check_settings(arguments: Mapping[str, Any]) -> None:
+    """The start of `train` (and of a pipeline, for the phase 1 it will run): refuses, before any data set-up,
+    settings that would train nothing or fail later, naming each as the user set it (e.g. `BATCH_SIZE`).
+
+    Args:
+        arguments: `train`'s arguments (as `gin_utils.bound_arguments(train)` gives them, for a pipeline).
+
+    Raises:
+        UserError: Naming the first bad setting.
+    """
+    evaluation.require_stage_mixture(train, arguments["mixture_or_task_name"])
+    counts = {name: arguments[name] for name in ("batch_size", "train_steps", "interval", "eval_every", "log_every",
+                                                 "keep_checkpoints")}
+    if arguments["train_steps"] is None:  # TRAIN_STEPS, when set, overrides EPOCHS
+        counts["epochs"] = arguments["epochs"]
+    gin_utils.require_positive(train, counts, optional=("train_steps", "eval_every"))
+    require_eval_questions(train, arguments["max_eval_questions"])
+    evaluation.check_chain_settings(arguments["chain_settings"])
+    gin_utils.require_mesh(train, arguments)
+
+
+def require_eval_questions(fn: Callable, max_eval_questions: Any) -> None:
+    """Refuses a negative `max_eval_questions` of `fn`; None validates on all, 0 on none (every validation
+    accuracy is then 0: tests of the mechanics use it)."""
+    if max_eval_questions is not None:
+        gin_utils.require_non_negative(fn, "max_eval_questions", max_eval_questions, integer=True)
+
+
+def require_model_dir(fn: Callable, model_dir: str) -> None:
+    """Refuses a `model_dir` (an argument of `fn`) that is a URL or cannot be written, before the run starts."""
+    setting = gin_utils.setting_name(fn, "model_dir", default="MODEL_DIR")
+    locations.require_local(model_dir, setting)
+    locations.require_writable(model_dir, setting)
 
 
 def validation_accuracy(model: t5.T5Transformer, *, questions, vocabulary, stage_type: str,
