@@ -12,8 +12,8 @@ SCRIPT = os.path.join(REPO, "benchmarks", "rehearsal.py")
 
 def test_rehearsal_runs_every_phase_at_a_tiny_size(benchmark_data_dir, tmp_path):
     out = tmp_path / "rehearsal"
-    command = [sys.executable, SCRIPT, "--out", str(out), "--model", "t5_1_0_tiny", "--train_questions", "24",
-               "--validation_questions", "4", "--test_questions", "4", "--sft_steps", "14", "--sft_interval", "2",
+    command = [sys.executable, SCRIPT, "--out", str(out), "--model", "t5_1_0_tiny", "--train_questions", "16",
+               "--validation_questions", "4", "--test_questions", "4", "--sft_steps", "7", "--sft_interval", "1",
                "--num_samples", "2", "--rounds", "1", "--max_decode_length", "8", "--max_summary_length", "10",
                "--heartbeat", "600"]
     env = {**os.environ, "TINYTHINKER_DATA_DIR": benchmark_data_dir}
@@ -26,9 +26,9 @@ def test_rehearsal_runs_every_phase_at_a_tiny_size(benchmark_data_dir, tmp_path)
         assert phase["wall_seconds"] > 0 and phase["peak_rss_mb"] > 0
     assert report["sizes"]["train_split"] == 8520
     assert report["sizes"]["validation_split"] == 1221 and report["sizes"]["test_split"] == 1221
-    assert report["sizes"]["train_questions"] == 24 and report["teacher"]["samples_kept"] == 24 * 8
-    assert report["phase1"]["steps"] == 14
-    assert report["reflect"]["counts"]["questions"] == 24
+    assert report["sizes"]["train_questions"] == 16 and report["teacher"]["samples_kept"] == 16 * 8
+    assert report["phase1"]["steps"] == 7
+    assert report["reflect"]["counts"]["questions"] == 16
     assert report["test"]["sft"]["num_questions"] == 4 and report["test"]["iteration_1"]["num_questions"] == 4
 
     # No example of any stream was cut, and the teacher's lengths make summarize inputs over 200 tokens.
