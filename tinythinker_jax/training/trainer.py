@@ -17,6 +17,7 @@ import seqio
 import tinythinker_tasks
 from tinythinker_jax import chains, evaluation, formats, gin_utils, partitioning
 from tinythinker_jax.data import benchmarks, lengths, locations, prepare, records
+from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import checkpoints as model_checkpoints
 from tinythinker_jax.models import t5
 from tinythinker_jax.training import checkpointing, loop, losses, optimizers, schedule, streams
@@ -66,8 +67,9 @@ def setup_data(mixture_or_task_name: str, data_dir: Optional[str], vocabulary_pa
     tinythinker_tasks.register_dataset(dataset, data_dir, vocabulary_path)
     vocabulary = seqio.get_mixture_or_task(mixture_or_task_name).output_features["targets"].vocabulary
     if vocabulary.vocab_size > model_config.vocab_size:
-        raise ValueError(f"the vocabulary has {vocabulary.vocab_size} ids but the model embeds only "
-                         f"{model_config.vocab_size}: raise the model config's vocab_size")
+        raise UserError(f"the vocabulary {vocabulary.sentencepiece_model_file} (VOCABULARY_PATH) has "
+                        f"{vocabulary.vocab_size} ids but the model embeds only {model_config.vocab_size}: raise "
+                        f"t5.model_config.vocab_size, or pass the model's own vocabulary")
     return dataset, stage_type, vocabulary
 
 
