@@ -99,6 +99,10 @@ TRAIN_CASES = {
     "negative validation questions": (["--gin.trainer.train.max_eval_questions=-1"],
                                       ["trainer.train.max_eval_questions is -1: it must be an integer >= 0"]),
     "zero chain batch": (["--gin.chains.ChainSettings.batch_size=0"], ["chains.ChainSettings.batch_size is 0"]),
+    "batch beyond memory": (["--gin.BATCH_SIZE=1000000000"], ["BATCH_SIZE is 1000000000: one step needs at least",
+                                                               "GiB", "more than the", "lower it"]),
+    "chain batch beyond memory": (["--gin.chains.ChainSettings.batch_size=1000000000"],
+                                  ["chains.ChainSettings.batch_size is 1000000000: one step needs at least"]),
     "zero decode length": (["--gin.chains.ChainSettings.max_decode_length=0"],
                            ["chains.ChainSettings.max_decode_length is 0"]),
     "zero mesh axis": (["--gin.MESH_DATA=0"], ["MESH_DATA is 0: it must be a positive integer or -1"]),
@@ -158,6 +162,8 @@ REFLECT_CASES = {
     "iteration 0": (["--gin.ITERATION=0"], ["ITERATION is 0: it must be a positive integer"]),
     "zero rounds": (["--gin.ROUNDS=0"], ["ROUNDS is 0"]),
     "zero batch": (["--gin.REFLECT_BATCH_SIZE=0"], ["REFLECT_BATCH_SIZE is 0"]),
+    "batch beyond memory": (["--gin.REFLECT_BATCH_SIZE=1000000000"],
+                            ["REFLECT_BATCH_SIZE is 1000000000: one step needs at least"]),
     "zero samples": (["--gin.NUM_SAMPLES=0"], ["NUM_SAMPLES is 0"]),
     "zero questions": (["--gin.REFLECT_MAX_QUESTIONS=0"], ["REFLECT_MAX_QUESTIONS is 0"]),
     "negative temperature": (["--gin.sampling.SamplingSettings.temperature=-0.5"],
@@ -195,6 +201,7 @@ PIPELINE_CASES = {
     "zero rounds": (["--gin.ROUNDS=0"], ["ROUNDS is 0"]),
     "zero samples": (["--gin.NUM_SAMPLES=0"], ["NUM_SAMPLES is 0"]),
     "zero batch": (["--gin.BATCH_SIZE=0"], ["BATCH_SIZE is 0"]),
+    "batch beyond memory": (["--gin.BATCH_SIZE=1000000000"], ["BATCH_SIZE is 1000000000: one step needs at least"]),
     "mistyped macro": (["--gin.ITERATIONZ=3"], ["did you mean", "ITERATIONS?"]),
     "URL model dir": (["--gin.MODEL_DIR='gs://bucket/run'"], ["MODEL_DIR 'gs://bucket/run' is a URL"]),
     "model dir under a file": (["--gin.MODEL_DIR='{dir}/config.gin/run'"], ["cannot be written"]),
@@ -317,6 +324,17 @@ def test_the_installed_command_prints_one_line():
     assert result.stdout == "" and result.stderr.splitlines() == [
         "error: tinythinker evaluate: argument --split: invalid choice: 'dev' (choose from 'train', 'validation', "
         "'test') (see tinythinker evaluate --help)"]
+
+
+def test_tensorflow_and_jax_start_up_lines_stay_off_a_refused_runs_stderr(tmp_path):
+    """A command that started TensorFlow and JAX before refusing: its stderr is still the one error line
+    (TensorFlow's native start-up prints CUDA probes and absl notices on a machine without a GPU)."""
+    result = subprocess.run([sys.executable, "-m", "tinythinker_jax.cli", "train", *SFT,
+                             f"--gin.MODEL_DIR='{tmp_path / 'run'}'", "--gin.BATCH_SIZE=1000000000"],
+                            capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == errors.EXIT_CODE, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: BATCH_SIZE is 1000000000: one step needs at least")
 
 
 def test_the_run_functions_refuse_bad_settings_when_called_directly(tmp_path):

@@ -9,6 +9,7 @@ import os
 import shutil
 
 import pytest
+from flax import nnx
 
 from tinythinker_jax import cli
 from tinythinker_jax.data.records import make_question, question_to_json, write_jsonl
@@ -295,11 +296,39 @@ def test_a_vocabulary_given_for_a_checkpoint_must_be_its_own(ckpt_dir, tmp_path)
     same = tmp_path / "same.model"
     shutil.copyfile(os.path.join(ckpt_dir, "spiece.model"), same)
     checkpoints.check_checkpoint_vocabulary(ckpt_dir, str(same), "--vocab")  # same content, another path: fine
+    # Other bytes (the trainer's settings a file records) but the same pieces and scores tokenise alike: fine.
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto.FromString(same.read_bytes())
+    proto.trainer_spec.input[:] = ["another/corpus.txt"]
+    relabelled = tmp_path / "relabelled.model"
+    relabelled.write_bytes(proto.SerializeToString())
+    assert relabelled.read_bytes() != same.read_bytes()
+    checkpoints.check_checkpoint_vocabulary(ckpt_dir, str(relabelled), "--vocab")
     other = _other_vocabulary(tmp_path)
     with pytest.raises(checkpoints.CheckpointError) as error:
         checkpoints.check_checkpoint_vocabulary(ckpt_dir, other, "--vocab")
     assert f"--vocab {other} is not the vocabulary of {ckpt_dir}" in str(error.value)
     assert isinstance(error.value, UserError)
+
+
+def test_training_from_a_checkpoint_refuses_data_in_another_vocabulary(ckpt_dir, small_toyworld, tmp_path):
+    """INITIAL_CHECKPOINT_PATH's model reads the data's token ids: the data's vocabulary must be its own;
+    a checkpoint saved with the data's vocabulary starts training."""
+    from tinythinker_jax.models import checkpoints, t5
+    from tinythinker_jax.training import trainer
+
+    with pytest.raises(checkpoints.CheckpointError, match=rf"the vocabulary \(VOCABULARY_PATH\) .* is not the "
+                                                          rf"vocabulary of {ckpt_dir}"):
+        _train(tmp_path / "refused", small_toyworld, initial_checkpoint_path=ckpt_dir)
+    assert not os.path.exists(tmp_path / "refused" / "checkpoints")
+
+    config = t5.model_config("t5_1_0_tiny", vocab_size=768)
+    _, _, vocabulary = trainer.setup_data("tinythinker.toyworld.full_stages", small_toyworld, None, config)
+    own = str(tmp_path / "own")
+    checkpoints.save_checkpoint(own, nnx.state(t5.create_model(config, seed=1), nnx.Param), config,
+                                vocabulary.sentencepiece_model_file)
+    assert _train(tmp_path / "started", small_toyworld, initial_checkpoint_path=own, train_steps=1).step == 1
 
 
 def _other_vocabulary(tmp_path) -> str:

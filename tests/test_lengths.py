@@ -159,3 +159,30 @@ def test_chain_inputs_are_never_cut_by_default_and_cuts_are_counted(csqa_long, m
     summarize_inputs, cap = sent[-1]
     assert cap == 200 and max(len(ids) for ids in summarize_inputs) == 200
     assert runner.inputs_cut >= 1 and runner.tokens_cut > 0
+
+
+def test_the_chain_progress_bar_counts_every_stage_output_batch_by_batch(csqa_long, monkeypatch):
+    """A long decoding (validation, evaluation, phase-2 sampling) shows its progress as batches come back:
+    the bar ends at the chains' stage outputs (recall, one analysis per option, summary), reached in steps."""
+    _, vocabulary, questions = csqa_long
+    model = t5.create_model(t5.model_config("t5_1_0_tiny"), seed=0)
+    bars = []
+
+    class RecordingBar(chains.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "disable": False})
+            self.updates = []
+            bars.append(self)
+
+        def update(self, n=1):
+            self.updates.append(n)
+            return super().update(n)
+
+    monkeypatch.setattr(chains, "tqdm", RecordingBar)
+    sampled = decoding.SamplingConfig(temperature=0.7)
+    settings = chains.ChainSettings(recall=sampled, max_decode_length=8, max_summary_length=8, batch_size=4)
+    chains.ChainRunner(model, vocabulary, settings, progress="validation").run(questions[:3], num_chains=2)
+    (bar,) = bars
+    assert bar.desc.startswith("validation") and bar.total == 3 * 2 * (1 + 5 + 1)
+    assert sum(bar.updates) == bar.total and len([n for n in bar.updates if n]) > 3
+

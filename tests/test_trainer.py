@@ -14,6 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from processes import run_two_processes
+from tinythinker_jax import errors
 from tinythinker_jax.models import checkpoints as model_checkpoints
 from tinythinker_jax.models import t5
 from tinythinker_jax.training import checkpointing, loop, optimizers, trainer
@@ -109,6 +110,20 @@ def test_non_finite_gradient_with_a_finite_loss_stops_at_its_step(small_toyworld
         train_tiny(tmp_path, small_toyworld)
     assert not os.listdir(os.path.join(tmp_path, "checkpoints"))
     assert not os.path.exists(os.path.join(tmp_path, "best"))
+
+
+def test_a_device_out_of_memory_is_one_line_naming_the_batch(small_toyworld, tmp_path, monkeypatch):
+    """XLA's RESOURCE_EXHAUSTED (which an accelerator raises at the first step of a batch too large) is a
+    UserError that says what to change; the run writes no done.json."""
+    def out_of_memory(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 81.00GiB.\nmore")
+
+    monkeypatch.setattr(loop, "make_train_step", lambda *args: out_of_memory)
+    with pytest.raises(errors.UserError, match=r"sft: a device ran out of memory with 8 rows per step "
+                                               r"\(RESOURCE_EXHAUSTED: Out of memory while trying to allocate "
+                                               r"81.00GiB.\): lower the batch size"):
+        train_tiny(tmp_path, small_toyworld)
+    assert not os.path.exists(os.path.join(tmp_path, checkpointing.DONE))
 
 
 def test_a_best_model_cut_between_its_renames_is_put_back(tmp_path):

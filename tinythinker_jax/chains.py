@@ -8,6 +8,9 @@ import collections
 import dataclasses
 from typing import Optional, Protocol, Sequence
 
+import jax
+from tqdm import tqdm
+
 from tinythinker_jax import formats
 from tinythinker_jax.data.records import Question
 from tinythinker_jax.models import decoding
@@ -52,8 +55,11 @@ class Chain:
 class ChainRunner:
     """Runs chains for many questions at once, one batched decoding call per stage."""
 
-    def __init__(self, model: T5Transformer, vocabulary: Vocabulary, settings: ChainSettings = ChainSettings()):
-        self.model, self.vocabulary, self.settings = model, vocabulary, settings
+    def __init__(self, model: T5Transformer, vocabulary: Vocabulary, settings: ChainSettings = ChainSettings(),
+                 progress: Optional[str] = None):
+        """`progress`: the description of a progress bar over the stage outputs of each `run` (process 0
+        shows it; None: no bar)."""
+        self.model, self.vocabulary, self.settings, self.progress = model, vocabulary, settings, progress
         self.inputs_cut = 0  # distinct stage inputs longer than `max_input_length`, cut to it
         self.tokens_cut = 0
 
@@ -66,8 +72,9 @@ class ChainRunner:
             ids = ids[: limit - 1] + [self.model.config.eos_id]
         return ids
 
-    def _generate(self, texts: Sequence[str], sampling: decoding.SamplingConfig, max_length: int, seed: int) -> list[str]:
-        """One output per text. Every distinct text is encoded once: greedy requests for it share one
+    def _generate(self, texts: Sequence[str], sampling: decoding.SamplingConfig, max_length: int, seed: int,
+                  bar: Optional[tqdm] = None) -> list[str]:
+        """One output per text, advancing `bar` by the texts' share of each decoded batch. Every distinct text is encoded once: greedy requests for it share one
         output; sampled ones are samples of that one input (`num_decodes`), the k-th request taking the
         k-th sample, so N chains of one question cost one encoder pass and one copy of its keys."""
         counts = collections.Counter(texts)
@@ -81,10 +88,17 @@ class ChainRunner:
         # At most `batch_size` rows (inputs x samples) per call; a power of two of inputs, which is its own
         # batch bucket, so a full call decodes no padding rows.
         inputs_per_call = 1 << max((self.settings.batch_size // num_decodes).bit_length() - 1, 0)
+        shown = 0
+
+        def advance(inputs_done: int) -> None:
+            nonlocal shown
+            bar.update(len(texts) * inputs_done // len(inputs) - shown)
+            shown = len(texts) * inputs_done // len(inputs)
+
         result = decoding.generate(
             self.model, [self._encode(t) for t in inputs], max_decode_length=max_length, sampling=sampling,
             num_decodes=num_decodes, seed=seed, batch_size=inputs_per_call, eos_id=eos_id,
-            max_input_length=self.settings.max_input_length,
+            max_input_length=self.settings.max_input_length, on_batch=advance if bar is not None else None,
         )
         samples_of = collections.defaultdict(list)
         for text, rows in zip(inputs, result.tokens):
@@ -100,27 +114,31 @@ class ChainRunner:
         stages = formats.stages_of(stage_type)
         settings = self.settings
         keys = [(q, c) for q in range(len(questions)) for c in range(num_chains)]
-        recall_of: dict = {key: None for key in keys}
-        if recalls is not None:
-            recall_of = {(q, c): recalls[q][c] for q, c in keys}
-        elif formats.RECALL in stages:
-            texts = self._generate([formats.recall_input(questions[q]) for q, _ in keys], settings.recall,
-                                   settings.max_decode_length, seed)
-            recall_of = dict(zip(keys, texts))
-        analyses_of: dict = {key: None for key in keys}
-        if formats.ANALYZE in stages:
-            requests = [(q, c, label) for q, c in keys for label in questions[q].labels]
-            texts = self._generate(
-                [formats.analyze_input(questions[q], recall_of[(q, c)], label) for q, c, label in requests],
-                settings.analyze, settings.max_decode_length, seed + 1,
+        recalls_wanted = recalls is None and formats.RECALL in stages
+        requests = [(q, c, label) for q, c in keys for label in questions[q].labels] \
+            if formats.ANALYZE in stages else []
+        with tqdm(total=len(keys) * (1 + recalls_wanted) + len(requests), desc=self.progress, unit="output",
+                  leave=False, dynamic_ncols=True, disable=self.progress is None or jax.process_index() != 0) as bar:
+            recall_of: dict = {key: None for key in keys}
+            if recalls is not None:
+                recall_of = {(q, c): recalls[q][c] for q, c in keys}
+            elif recalls_wanted:
+                texts = self._generate([formats.recall_input(questions[q]) for q, _ in keys], settings.recall,
+                                       settings.max_decode_length, seed, bar)
+                recall_of = dict(zip(keys, texts))
+            analyses_of: dict = {key: None for key in keys}
+            if requests:
+                texts = self._generate(
+                    [formats.analyze_input(questions[q], recall_of[(q, c)], label) for q, c, label in requests],
+                    settings.analyze, settings.max_decode_length, seed + 1, bar,
+                )
+                analyses_of = {key: {} for key in keys}
+                for (q, c, label), text in zip(requests, texts):
+                    analyses_of[(q, c)][label] = text
+            summaries = self._generate(
+                [formats.summarize_input(questions[q], recall_of[(q, c)], analyses_of[(q, c)]) for q, c in keys],
+                settings.summarize, settings.max_summary_length, seed + 2, bar,
             )
-            analyses_of = {key: {} for key in keys}
-            for (q, c, label), text in zip(requests, texts):
-                analyses_of[(q, c)][label] = text
-        summaries = self._generate(
-            [formats.summarize_input(questions[q], recall_of[(q, c)], analyses_of[(q, c)]) for q, c in keys],
-            settings.summarize, settings.max_summary_length, seed + 2,
-        )
         chains = [[] for _ in questions]
         for (q, c), summary in zip(keys, summaries):
             chains[q].append(Chain(recall_of[(q, c)], analyses_of[(q, c)], summary, formats.parse_answer(summary)))

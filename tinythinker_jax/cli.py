@@ -6,12 +6,14 @@ import os
 import re
 import sys
 
-from tinythinker_jax import errors
+from tinythinker_jax import errors, tensorflow_runtime
 
 # Each module defines `add_parser(subparsers)`, which registers its subcommands and sets
 # `func(args) -> int` on them. Heavy imports (TensorFlow, JAX) happen inside `func`, so
 # `tinythinker --help` stays fast.
 COMMAND_MODULES = ("demo", "data", "teacher", "model", "train", "reflect", "evaluate", "report")
+# The command groups that never read data through TensorFlow (which takes seconds to start).
+WITHOUT_TENSORFLOW = ("teacher", "report")
 # Gin appends this to an error raised inside a configurable it called (once per level of nesting).
 GIN_CALL_SUFFIX = re.compile(r"\s*In call to configurable '[^']*' \(<[^>]*>\)(?: in scope '[^']*')?")
 
@@ -42,6 +44,8 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(rewrite_gin_args(sys.argv[1:] if argv is None else argv))
         debug = debug or args.debug
+        if args.command not in WITHOUT_TENSORFLOW:
+            tensorflow_runtime.start_for_data(show_everything=debug)
         return args.func(args) or 0
     except errors.UserError as e:
         if debug:

@@ -6,10 +6,10 @@ from typing import Any, Mapping, Optional, Sequence
 
 import jax
 
-from tinythinker_jax import chains, formats, gin_utils, partitioning
+from tinythinker_jax import chains, formats, gin_utils, memory, partitioning
 from tinythinker_jax.data.records import Question, write_json, write_jsonl
 from tinythinker_jax.errors import UserError
-from tinythinker_jax.models import checkpoints, decoding
+from tinythinker_jax.models import checkpoints, decoding, t5
 
 STAGES = (formats.RECALL, formats.ANALYZE, formats.SUMMARIZE)
 # Self-consistency as the official generate.py samples its test chains (GenerationConfiguration with
@@ -60,6 +60,11 @@ def check_chain_settings(settings: chains.ChainSettings) -> None:
         "max_input_length": settings.max_input_length, "max_decode_length": settings.max_decode_length,
         "max_summary_length": settings.max_summary_length, "batch_size": settings.batch_size,
     }, optional=("max_input_length",))
+
+
+def require_chain_batch_fits(settings: chains.ChainSettings, config: t5.T5Config) -> None:
+    """Refuses a chain batch whose decoding step cannot fit in the run's memory (`memory.require_fits`)."""
+    memory.require_fits(chains.ChainSettings, "batch_size", 1, settings.batch_size, config, trains=False)
 
 
 def sampling_summary(settings: chains.ChainSettings) -> dict[str, dict]:
@@ -119,7 +124,8 @@ def evaluate_checkpoint_on_mesh(
     rules = partitioning.standard_logical_axis_rules(parameter_partitioning_dims=parameter_partitioning_dims)
     with partitioning.activate(mesh, rules):
         model = checkpoints.load_model(checkpoint_path, dtype=dtype, mesh=mesh, rules=rules)
-        runner = chains.ChainRunner(model, checkpoints.load_vocabulary(checkpoint_path), settings)
+        runner = chains.ChainRunner(model, checkpoints.load_vocabulary(checkpoint_path), settings,
+                                    progress=f"{split} chains")
         return evaluate(runner, questions, out_dir, split=split, stage_type=stage_type, num_chains=num_chains,
                         seed=seed, extra_summary={"sampling": sampling_summary(settings), **(extra_summary or {})})
 
@@ -156,6 +162,7 @@ def evaluate_checkpoint(
         The accuracy and where the files went.
     """
     check_settings(locals())  # first: locals() holds exactly the arguments
+    require_chain_batch_fits(chain_settings, checkpoints.load_config(checkpoint_path))
     import tinythinker_tasks
     from tinythinker_jax.data import locations, prepare
 

@@ -11,7 +11,6 @@ Both HF import and export go through this format, and it is what a trainer start
 """
 
 import dataclasses
-import hashlib
 import json
 import os
 from typing import Any
@@ -72,8 +71,8 @@ def read_vocabulary(vocab_path: str) -> bytes:
         raise locations.vocabulary_error(vocab_path, f"cannot be read ({error_summary(e)})") from e
 
 
-def sentencepiece_size(vocab_path: str) -> int:
-    """The number of pieces of a SentencePiece model file; a file that is not one is an error naming it."""
+def _sentencepiece(vocab_path: str):
+    """The loaded SentencePiece model; a file that is not one is an error naming it."""
     import sentencepiece
 
     processor = sentencepiece.SentencePieceProcessor()
@@ -82,16 +81,24 @@ def sentencepiece_size(vocab_path: str) -> int:
     except RuntimeError as e:
         raise CheckpointError(f"{vocab_path} is not a SentencePiece model ({error_summary(e)}); the file is "
                               f"damaged or another kind of file") from e
-    return processor.get_piece_size()
+    return processor
 
 
-def _sha256(vocab_path: str) -> str:
-    return hashlib.sha256(read_vocabulary(vocab_path)).hexdigest()
+def sentencepiece_size(vocab_path: str) -> int:
+    """The number of pieces of a SentencePiece model file; a file that is not one is an error naming it."""
+    return _sentencepiece(vocab_path).get_piece_size()
+
+
+def _tokenization(vocab_path: str) -> list[tuple[str, float]]:
+    """What decides how a vocabulary splits text and what its ids mean: every piece and its score, by id.
+    Two files can differ in bytes (the trainer's settings they record) and still tokenise alike."""
+    processor = _sentencepiece(vocab_path)
+    return [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
 
 
 def check_checkpoint_vocabulary(ckpt_dir: str, vocabulary: str, setting: str) -> None:
-    """Refuses a vocabulary given for a checkpoint that is not the checkpoint's own `spiece.model` (compared
-    by content) or that its embedding cannot cover: the model would read and write token ids it was never
+    """Refuses a vocabulary given for a checkpoint that does not tokenise as the checkpoint's own
+    `spiece.model` (the same pieces with the same scores) or that its embedding cannot cover: the model would read and write token ids it was never
     trained on, which decode to `⁇` without a word.
 
     Args:
@@ -103,7 +110,7 @@ def check_checkpoint_vocabulary(ckpt_dir: str, vocabulary: str, setting: str) ->
         CheckpointError: naming both files.
     """
     own = checked_vocab_path(ckpt_dir)  # which fits the embedding
-    if _sha256(vocabulary) != _sha256(own):
+    if _tokenization(vocabulary) != _tokenization(own):
         raise CheckpointError(
             f"{setting} {vocabulary} is not the vocabulary of {ckpt_dir} (it differs from {own}): the model "
             f"would read token ids it was not trained on and write '⁇'; use {own} or leave {setting} unset")

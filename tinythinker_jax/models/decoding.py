@@ -9,7 +9,7 @@ list, so results do not depend on batching or padding.
 
 import dataclasses
 import functools
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -175,9 +175,11 @@ def generate(
     model: T5Transformer, inputs: Sequence[Sequence[int]], *, max_decode_length: int,
     sampling: SamplingConfig = SamplingConfig(), num_decodes: int = 1, seed: int = 0, batch_size: int = 32,
     eos_id: int | None = None, max_input_length: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> DecodeResult:
     """Decodes every token-id list in `inputs`; numpy results in input order, `max_decode_length` wide.
-    `max_input_length`: the longest input the caller ever sends, the largest input bucket."""
+    `max_input_length`: the longest input the caller ever sends, the largest input bucket. `on_batch` is
+    called with the number of inputs decoded so far after each batch (whose results are on the host then)."""
     graphdef, state = nnx.split(model)
     rng = jax.random.key(seed)
     cache_length = batching.bucket_length(max_decode_length)
@@ -197,6 +199,8 @@ def generate(
         )
         tokens[chunk] = partitioning.to_host(result.tokens)[: len(chunk), :, :max_decode_length]
         log_likelihood[chunk] = partitioning.to_host(result.log_likelihood)[: len(chunk)]
+        if on_batch is not None:
+            on_batch(start + len(chunk))
     return DecodeResult(tokens, log_likelihood)
 
 

@@ -24,7 +24,7 @@ import jax
 from flax import nnx
 
 import tinythinker_tasks
-from tinythinker_jax import chains, evaluation, gin_utils, partitioning
+from tinythinker_jax import chains, evaluation, gin_utils, memory, partitioning
 from tinythinker_jax.data import lengths, locations, records
 from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import t5
@@ -122,6 +122,9 @@ def check_settings(arguments: Mapping[str, Any]) -> None:
     gin_utils.require_non_negative(sampling.SamplingSettings, "temperature", settings.temperature)
     evaluation.check_chain_settings(arguments["chain_settings"])
     gin_utils.require_mesh(fn, arguments)
+    # A DPO step runs the policy on the chosen and the rejected text of each pair.
+    memory.require_fits(fn, "batch_size", 2, arguments["batch_size"], arguments["model_config"], trains=True)
+    evaluation.require_chain_batch_fits(arguments["chain_settings"], arguments["model_config"])
 
 
 @dataclasses.dataclass(frozen=True)

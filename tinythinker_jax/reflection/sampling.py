@@ -85,7 +85,7 @@ def sample_chunk(model, vocabulary, questions: Sequence[Question], teacher: Mapp
     n = settings.num_samples
     # Step 1: recall sampled, analyze and summarize greedy.
     recall_runner = chains.ChainRunner(model, vocabulary, dataclasses.replace(
-        chain_settings, recall=sampled, analyze=greedy, summarize=greedy))
+        chain_settings, recall=sampled, analyze=greedy, summarize=greedy), progress="chains from sampled recalls")
     first_chains = recall_runner.run(questions, "full", num_chains=n, seed=_seed(seed, "recall"))
     rows, to_analyze = [], []
     for question, question_chains in zip(questions, first_chains):
@@ -98,7 +98,7 @@ def sample_chunk(model, vocabulary, questions: Sequence[Question], teacher: Mapp
         return rows
     # Step 5: N chains per recall-pair row from its chosen recall, analyze sampled and summarize greedy.
     analyze_runner = chains.ChainRunner(model, vocabulary, dataclasses.replace(
-        chain_settings, recall=greedy, analyze=sampled, summarize=greedy))
+        chain_settings, recall=greedy, analyze=sampled, summarize=greedy), progress="chains from sampled analyses")
     second_chains = analyze_runner.run([question for question, _, _ in to_analyze], "full", num_chains=n,
                                        seed=_seed(seed, "analyze"),
                                        recalls=[[recall] * n for _, _, recall in to_analyze])

@@ -21,10 +21,15 @@ from flax import nnx
 from tqdm import tqdm
 
 from tinythinker_jax import partitioning
+from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import checkpoints as model_checkpoints
 from tinythinker_jax.models.t5 import T5Config, T5Transformer
 from tinythinker_jax.training import checkpointing, metrics, optimizers, schedule, streams
 from tinythinker_jax.training.step import LossFn, global_batch, make_train_step
+
+
+# XLA's status code for a failed device allocation.
+OUT_OF_MEMORY = "RESOURCE_EXHAUSTED"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +129,13 @@ class Loop:
         preemption = Preemption()
         try:
             return self._run(checkpoints, writer, preemption)
+        except jax.errors.JaxRuntimeError as e:
+            if OUT_OF_MEMORY not in str(e):
+                raise
+            raise UserError(
+                f"{self.name}: a device ran out of memory with {self.batch_size} rows per step ({_first_line(e)}): "
+                "lower the batch size (or the chains' batch size, chains.ChainSettings.batch_size, if validation "
+                "ran out), or shard the parameters over more devices (mesh_model, parameter_partitioning_dims)") from e
         finally:
             preemption.close()
             writer.close()
@@ -204,3 +216,7 @@ class Loop:
             progress.write(f"SIGTERM: saved step {step} to {self.model_dir}; run the same command to resume.")
         progress.close()
         return TrainResult(step, best["accuracy"], best["step"], preempted)
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [""])[0]

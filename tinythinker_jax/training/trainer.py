@@ -15,7 +15,7 @@ import jax
 import seqio
 
 import tinythinker_tasks
-from tinythinker_jax import chains, evaluation, formats, gin_utils, partitioning
+from tinythinker_jax import chains, evaluation, formats, gin_utils, memory, partitioning
 from tinythinker_jax.data import benchmarks, lengths, locations, prepare, records
 from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import checkpoints as model_checkpoints
@@ -121,6 +121,10 @@ def train(
     done = os.path.join(model_dir, checkpointing.DONE)
     finished_before = checkpointing.read_marker_before_the_step(done) is not None
     dataset, stage_type, vocabulary = setup_data(mixture_or_task_name, data_dir, vocabulary_path, model_config)
+    if initial_checkpoint_path:
+        model_checkpoints.check_checkpoint_vocabulary(
+            initial_checkpoint_path, vocabulary.sentencepiece_model_file,
+            f"the vocabulary ({gin_utils.setting_name(train, 'vocabulary_path', default='VOCABULARY_PATH')})")
     stage_streams, data_stats = build_streams(dataset, stage_type, task_feature_lengths, batch_size, seed)
     write_data_stats(model_dir, data_stats)
     chain_settings = chain_settings_for(chain_settings, data_stats)
@@ -171,6 +175,8 @@ def check_settings(arguments: Mapping[str, Any]) -> None:
     require_eval_questions(train, arguments["max_eval_questions"])
     evaluation.check_chain_settings(arguments["chain_settings"])
     gin_utils.require_mesh(train, arguments)
+    memory.require_fits(train, "batch_size", 1, arguments["batch_size"], arguments["model_config"], trains=True)
+    evaluation.require_chain_batch_fits(arguments["chain_settings"], arguments["model_config"])
 
 
 def require_eval_questions(fn: Callable, max_eval_questions: Any) -> None:
@@ -190,7 +196,7 @@ def require_model_dir(fn: Callable, model_dir: str) -> None:
 def validation_accuracy(model: t5.T5Transformer, *, questions, vocabulary, stage_type: str,
                         settings: chains.ChainSettings) -> float:
     """The paper's checkpoint selection: the full greedy chain's accuracy on the validation questions."""
-    runner = chains.ChainRunner(model, vocabulary, settings)
+    runner = chains.ChainRunner(model, vocabulary, settings, progress="validation")
     return chains.accuracy(questions, [c[0].prediction for c in runner.run(questions, stage_type)])
 
 
