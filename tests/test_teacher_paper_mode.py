@@ -1,18 +1,16 @@
 """`--prompt_mode paper` and the official post-processing options, against a local scripted server.
 
-The request is checked byte for byte against the authors' own functions, copied below from
-`datasets/Prompt Engineering.ipynb` of github.com/shengminp/TinyThinker (MIT), applied to the
-official exemplar files and the raw benchmark files under TINYTHINKER_DATA_DIR.
+The request and the diversity pick are checked against golden data in `tests/golden/`: the outputs of the
+authors' own functions in `datasets/Prompt Engineering.ipynb` of github.com/shengminp/TinyThinker (MIT),
+run once outside this repository on the official exemplar files and the raw benchmark files under
+TINYTHINKER_DATA_DIR. `tests/golden/README.md` records the commit, the inputs and the seeds.
 """
 
 import json
 import os
 import random
 import statistics
-from itertools import combinations
-from typing import Dict, List
 
-import numpy as np
 import pytest
 
 from tinythinker_jax import cli, formats
@@ -20,128 +18,24 @@ from tinythinker_jax.data import readers
 from tinythinker_jax.data.records import Rationale, make_question, question_to_json, read_teacher_records, write_jsonl
 from tinythinker_jax.teacher import exemplars, paper, parsing, prompts, selection
 from tinythinker_jax.teacher.fake_server import (
-    PAPER_WORDS, Reply, ScriptedServer, paper_length_reply, paper_length_text, verdicts,
+    PAPER_WORDS,
+    Reply,
+    ScriptedServer,
+    paper_length_reply,
+    paper_length_text,
+    verdicts,
 )
 from tinythinker_jax.teacher.selection import levenshtein as levenshtein_distance
 
-
-# ---- The notebook's functions, verbatim (cells 3, 4, 5 and 36's select_candidate). ----
-
-def read_data(file_path: str) -> List[str]:
-    file_suffix = file_path.split('.')[-1]
-    file_data = []
-
-    with open(file_path, 'r') as file:
-        if file_suffix == 'jsonl':
-            for line in file:
-                data = json.loads(line)
-                choices_text = ', '.join([f"{choice['label']}. {choice['text']}" for choice in data['question']['choices']]) #+ '.'
-                item = {
-                    'Q': data['question']['stem'],
-                    'Options': choices_text.strip(),
-                    'GT': data['answerKey'],
-                    'Other': [choice['label'] for choice in data['question']['choices'] if choice['label'] != data['answerKey']]
-                }
-                file_data.append(item)
-        elif file_suffix == 'json':
-            json_data = json.load(file)
-            for data in json_data:
-                item = {
-                    'Q': data['question'],
-                    'Options': 'A. yes, B. no',
-                    'GT': 'A' if data['answer'] else 'B',
-                    'Other': ['B' if data['answer'] else 'A']
-                }
-                file_data.append(item)
-
-    return file_data
-
-
-def reasoning_prompt_system(examples: List[Dict[str, any]], request_prompt: Dict[str, any], num_shot: int = 4) -> (List[Dict[str, str]], List[str]):
-    examples = random.sample(examples, k=num_shot)
-    examples_message = []
-    reasoning_message = []
-
-    for example in examples:
-        reasoning_content = '\n'.join(example['Explanations'])
-        examples_message.append(
-            f"\n###\n"
-            f"{example['Q']}\n"
-            f"Options: {example['Options']}\n"
-            f"Key Information: {example['Key Information']}\n"
-            f"Explanations: {reasoning_content}\n"
-            f"###\n"
-        )
-        reasoning_content = f"Key Information: {example['Key Information']}\nExplanations: " + reasoning_content
-        reasoning_message.append(reasoning_content)
-
-    examples_string = "".join(examples_message)
-    system_message = [
-        {
-            "role": "system",
-            "content": f"{request_prompt['Key']}{examples_string}".strip()
-        },
-    ]
-    return system_message, reasoning_message
-
-
-def reasoning_prompt_user(data: List[Dict[str, any]]) -> List[Dict[str, str]]:
-    user_message = []
-    for item in data:
-        option_content = "".join([f"{option} is incorrect. Because\n" for option in item['Other']])
-        user_content = "".join([
-            f"{item['Q']}\n",
-            f"Options: {item['Options']}\n",
-            f"Key Information:\n",
-            f"Explanations: {item['GT']} is correct. Because\n{option_content}"
-        ]).strip()
-        user_query = [
-            {
-                "role": "user",
-                "content": user_content
-            },
-        ]
-        user_message.append(user_query)
-    return user_message
-
-
-def select_candidate(candidates, augment_num):
-    candidate_general_knowledge = [item['general_knowledge'] for item in candidates]
-    num_general_knowledges = len(candidate_general_knowledge)
-    dist_matrix = np.zeros((num_general_knowledges, num_general_knowledges))
-
-    for i, j in combinations(range(num_general_knowledges), 2):
-        dist = levenshtein_distance(candidate_general_knowledge[i], candidate_general_knowledge[j])
-        dist_matrix[i, j] = dist
-        dist_matrix[j, i] = dist
-
-    threshold = 10
-
-    selected_general_knowledges = []
-    for i in range(num_general_knowledges):
-        if all(dist_matrix[i, j] > threshold for j in range(num_general_knowledges) if i != j):
-            selected_general_knowledges.append(candidate_general_knowledge[i])
-
-    selected_candidates = [item for item in candidates if item['general_knowledge'] in selected_general_knowledges[:augment_num]]
-
-    if len(selected_candidates) < augment_num:
-        remaining_candidate = [item for item in candidates if item not in selected_candidates]
-        additional_content = random.sample(remaining_candidate, min(augment_num - len(selected_candidates), len(remaining_candidate)))
-        selected_candidates.extend(additional_content)
-
-    return selected_candidates
+GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
 
 
 # ---- Helpers ----
 
-def _seeded_global_random(seed, function, *args):
-    """Runs a notebook function that draws from the global `random`, seeded, then restores its state."""
-    state = random.getstate()
-    random.seed(seed)
-    try:
-        return function(*args)
-    finally:
-        random.setstate(state)
+def _golden(name):
+    """One golden file of `tests/golden/`, the official notebook's output (see the README there)."""
+    with open(os.path.join(GOLDEN_DIR, name)) as f:
+        return json.load(f)
 
 
 def _cli(*argv):
@@ -156,6 +50,11 @@ def _write_split(tmp_path, questions):
 
 def _user(body):
     return body["messages"][-1]["content"]
+
+
+def _with_user_text(body, text):
+    """A copy of the request `body` with `text` as its user message (the last one), its keys in their order."""
+    return {**body, "messages": [*body["messages"][:-1], {**body["messages"][-1], "content": text}]}
 
 
 def _reply(question, correct, tag):
@@ -195,7 +94,7 @@ STRIPPED_BY_RECORDS = {"csqa": ("A. ice cream , ", "A. ice cream, ")}
 
 
 def _raw_subset(benchmark_data_dir, tmp_path, dataset):
-    """The picked raw items as a file of the upstream format, and our question records of it."""
+    """Our question records of the picked raw items, read from a file of the upstream format holding just them."""
     relative, picks = RAW_PICKS[dataset]
     source = os.path.join(benchmark_data_dir, relative)
     target = str(tmp_path / os.path.basename(relative))
@@ -204,30 +103,31 @@ def _raw_subset(benchmark_data_dir, tmp_path, dataset):
             items = json.load(f)
         with open(target, "w") as f:
             json.dump([items[i] for i in picks], f)
-        return target, readers.read_strategyqa_json(target)
+        return readers.read_strategyqa_json(target)
     with open(source) as f:
         lines = f.readlines()
     with open(target, "w") as f:
         f.writelines(lines[i] for i in picks)
-    return target, readers.read_multiple_choice_jsonl(target, 5 if dataset == "csqa" else 4)
+    return readers.read_multiple_choice_jsonl(target, 5 if dataset == "csqa" else 4)
 
 
 @pytest.mark.parametrize("dataset, prompt_seed, n", [("csqa", 7, 8), ("obqa", 0, 4), ("strategyqa", 3, 4)])
 def test_paper_mode_sends_the_notebooks_request_byte_for_byte(
         benchmark_data_dir, official, tmp_path, dataset, prompt_seed, n):
-    raw_path, questions = _raw_subset(benchmark_data_dir, tmp_path, dataset)
+    golden = _golden("paper_requests.json")["datasets"][dataset]
+    # The golden holds the notebook's output for these raw items, this seed and this n: a mismatch is a stale golden.
+    assert (golden["raw_file"], golden["raw_items"]) == RAW_PICKS[dataset]
+    assert (golden["prompt_seed"], golden["n"]) == (prompt_seed, n)
+    questions = _raw_subset(benchmark_data_dir, tmp_path, dataset)
     exemplar_path, examples = _official_exemplars(official, dataset)
+    assert golden["num_shot"] == len(examples)
     request_path = os.path.join(official, "request.json")
-    with open(request_path) as f:
-        request_prompt = json.load(f)
-    system, _ = _seeded_global_random(prompt_seed, reasoning_prompt_system, examples, request_prompt, len(examples))
-    users = reasoning_prompt_user(read_data(raw_path))
+    expected = golden["bodies"]
+    assert len(expected) == len(questions)
     if dataset in STRIPPED_BY_RECORDS:
         notebook_text, record_text = STRIPPED_BY_RECORDS[dataset]
-        assert sum(notebook_text in user[0]["content"] for user in users) == 1
-        users = [[{**user[0], "content": user[0]["content"].replace(notebook_text, record_text)}] for user in users]
-    expected = [{"model": "gpt-4o-2024-05-13", "messages": system + user, "max_tokens": 256, "n": n,
-                 "temperature": 0.8} for user in users]
+        assert sum(notebook_text in _user(body) for body in expected) == 1
+        expected = [_with_user_text(body, _user(body).replace(notebook_text, record_text)) for body in expected]
 
     split_dir, out_dir = _write_split(tmp_path, questions), str(tmp_path / "out")
     common = ["--dataset", dataset, "--split_dir", split_dir, "--out_dir", out_dir, "--prompt_mode", "paper",
@@ -247,22 +147,22 @@ def test_paper_mode_sends_the_notebooks_request_byte_for_byte(
 
 
 def test_the_exemplar_order_follows_the_prompt_seed_as_the_notebook_after_random_seed(official):
-    exemplar_path, examples = _official_exemplars(official, "csqa")
+    exemplar_path, _ = _official_exemplars(official, "csqa")
     loaded = exemplars.load_exemplars(exemplar_path)
     instruction = paper.load_instruction(os.path.join(official, "request.json"))
+    notebook = {(s["seed"], s["num_shot"]): s["content"] for s in _golden("paper_system_messages.json")["systems"]}
     for seed in range(3):
-        notebook, _ = _seeded_global_random(seed, reasoning_prompt_system, examples, {"Key": instruction}, 8)
-        assert paper.system_message(instruction, loaded, seed) == notebook[0]["content"]
-        few, _ = _seeded_global_random(seed, reasoning_prompt_system, examples, {"Key": instruction}, 3)
-        assert paper.system_message(instruction, loaded, seed, k=3) == few[0]["content"]
+        assert paper.system_message(instruction, loaded, seed) == notebook[seed, 8]
+        assert paper.system_message(instruction, loaded, seed, k=3) == notebook[seed, 3]
     assert paper.system_message(instruction, loaded, 0) != paper.system_message(instruction, loaded, 1)
 
 
 @pytest.mark.parametrize("dataset", ["csqa", "obqa", "strategyqa"])
 def test_replies_in_the_papers_layout_parse(official, dataset):
     """The exemplars' own replies, as the notebook wrote them (first verdict on the `Explanations:` line)."""
-    path, examples = _official_exemplars(official, dataset)
-    _, replies = _seeded_global_random(0, reasoning_prompt_system, examples, {"Key": ""}, len(examples))
+    _, examples = _official_exemplars(official, dataset)
+    replies = _golden("paper_exemplar_replies.json")["replies"][dataset]
+    assert len(replies) == len(examples)
     by_key_information = {example["Key Information"]: example for example in examples}
     for reply in replies:
         example = by_key_information[reply.split("\n")[0].removeprefix("Key Information: ")]
@@ -391,10 +291,11 @@ def test_diversity_pick_takes_the_diverse_first_then_tops_up_at_random():
 @pytest.mark.parametrize("seed", range(3))
 def test_diversity_pick_is_the_notebooks_select_candidate(k, seed):
     recalls = [NEAR_1, FAR_1, NEAR_2, FAR_2, EDGE_1, FAR_3, EDGE_2]
+    golden = _golden("select_candidate.json")
+    assert golden["candidates"] == recalls  # the notebook ran on these very candidates, in this order
+    (notebook,) = [p["picked"] for p in golden["picks"] if (p["seed"], p["augment_num"]) == (seed, k)]
     ours = selection.diversity_pick(_rationales(*recalls), k, random.Random(seed))
-    candidates = [{"general_knowledge": recall} for recall in recalls]
-    notebook = _seeded_global_random(seed, select_candidate, candidates, k)
-    assert [r.recall for r in ours] == [c["general_knowledge"] for c in notebook]
+    assert [r.recall for r in ours] == notebook
 
 
 def test_teacher_vote_is_a_plurality_and_a_tie_goes_to_the_first_sampled():
