@@ -9,13 +9,13 @@ import time
 
 os.environ.setdefault("USE_TF", "0")
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax
+import numpy as np
+import torch
+import transformers
+from flax import nnx
 
-from tinythinker_jax.models import hf_convert, t5  # noqa: E402
+from tinythinker_jax.models import hf_convert, t5
 
 
 def parser(description: str, out: str) -> argparse.ArgumentParser:

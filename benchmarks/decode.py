@@ -11,12 +11,12 @@ floor is the tokens/s of an implementation that moves only those bytes at this m
 bandwidth (encoder time excluded): no implementation of the same step decodes faster.
 """
 
+import common
 import jax
 import jax.numpy as jnp
 import torch
 from flax import nnx
 
-import common
 from tinythinker_jax.models import decoding
 
 TOP_K = 50  # transformers' default for sampling

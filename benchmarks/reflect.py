@@ -13,13 +13,13 @@ on a bare GPU image too.
 
 import tempfile
 
+import common
 import jax
 import numpy as np
 import sentencepiece
 import torch
 from flax import nnx
 
-import common
 from tinythinker_jax import chains, formats, partitioning
 from tinythinker_jax.data.toyworld import ToyWorld
 from tinythinker_jax.models import decoding, testing

@@ -97,7 +97,8 @@ def parameter_counts(model_name: str) -> dict:
                           for layer in params["decoder"]["layers"].values() for name in ("key", "value"))
     lookup = 0 if config.tie_word_embeddings else count(params["token_embedder"])
     encoder, total = count(params["encoder"]), count(params)
-    return {"encoder": encoder, "cross_key_value": cross_key_value, "on_targets": total - lookup - encoder - cross_key_value,
+    return {"encoder": encoder, "cross_key_value": cross_key_value,
+            "on_targets": total - lookup - encoder - cross_key_value,
             "total": total, "num_heads": config.num_heads, "d_kv": config.d_kv,
             "encoder_layers": config.num_encoder_layers, "decoder_layers": config.num_decoder_layers}
 
@@ -106,7 +107,8 @@ def train_flops(counts: dict, input_length: float, target_length: float) -> floa
     """Training FLOPs of one example (forward and backward), exactly as `benchmarks/train_step.py`'s
     `model_flops_per_example` counts them for MFU: 6 per weight per token it multiplies plus the attention
     products."""
-    weights = 6.0 * ((counts["encoder"] + counts["cross_key_value"]) * input_length + counts["on_targets"] * target_length)
+    weights = 6.0 * ((counts["encoder"] + counts["cross_key_value"]) * input_length
+                     + counts["on_targets"] * target_length)
     attention = 12.0 * counts["num_heads"] * counts["d_kv"] * (
         counts["encoder_layers"] * input_length**2
         + counts["decoder_layers"] * (target_length**2 + target_length * input_length))
@@ -345,7 +347,8 @@ def project(measured: dict, lengths: dict, scale: float, model: str, dtype: str,
             shape = pair_shapes.get(stage) or {"input_length": 200, "target_length": 64}
             return 2 * kind(counts, shape["input_length"], shape["target_length"])
 
-        score = (recall_pairs * pair_flops("recall", forward_flops) + analyze_pairs * pair_flops("analyze", forward_flops))
+        score = (recall_pairs * pair_flops("recall", forward_flops)
+                 + analyze_pairs * pair_flops("analyze", forward_flops))
         dpo = sum(n * pair_flops(stage, train_flops) for stage, n in work["dpo_pairs_per_iteration"].items())
         return {"sft": sft, "sampled_chains": work["sampled_chains_per_iteration"] * chain,
                 "sft_validation": work["sft_validation_chains"] * chain,
@@ -366,18 +369,19 @@ def project(measured: dict, lengths: dict, scale: float, model: str, dtype: str,
 
     counts_of = {name: parameter_counts(name) for name in {model, *PROJECTED_MODELS}}
     # This run: FLOP/s achieved per kind of work.
-    here = {kind: entry["flops"] / entry["seconds"] for kind, entry in measured["flops"].items() if entry["seconds"] > 0}
+    here = {kind: entry["flops"] / entry["seconds"] for kind, entry in measured["flops"].items()
+            if entry["seconds"] > 0}
     here.setdefault("greedy_chains", here.get("chains"))
     here.setdefault("score", here.get("dpo", 0) * 3 if here.get("dpo") else None)
 
     def readme_rates(target: str) -> dict:
         anchors = README_RATES[target]
         sft = anchors["sft"]
-        sft_rate = sft["examples_per_s"] * train_flops(counts_of.setdefault(sft["model"], parameter_counts(sft["model"])),
-                                                       sft["input"], sft["target"])
+        sft_counts = counts_of.setdefault(sft["model"], parameter_counts(sft["model"]))
+        sft_rate = sft["examples_per_s"] * train_flops(sft_counts, sft["input"], sft["target"])
         chains = anchors["chains"]
         chain_rate = chains["chains_per_s"] * chain_flops(
-            counts_of[chains["model"]], {stage: (chains["input"], chains["generated"]) for stage in teacher_chain})
+            counts_of[chains["model"]], dict.fromkeys(teacher_chain, (chains["input"], chains["generated"])))
         dpo = anchors["dpo"]
         dpo_rate = dpo["pairs_per_s"] * 2 * train_flops(counts_of[dpo["model"]], dpo["input"], dpo["target"])
         return {"sft": sft_rate, "chains": chain_rate, "greedy_chains": chain_rate, "dpo": dpo_rate,
@@ -436,7 +440,8 @@ def estimate_full_size(args: argparse.Namespace, measured: dict, sizes: dict, tr
     dpo_pair = per(dpo["train_seconds"], dpo["steps"] * batch)
     phase1, reflect, test = measured["phase1"], measured["reflect"], measured["test"]
     setup = (sft["first_step_started"] - phase1["started"]) if sft["first_step_started"] else 0.0
-    full_counts = {stage: round(counts[stage] / max(counts["questions"], 1) * full_train) for stage in ("recall", "analyze")}
+    full_counts = {stage: round(counts[stage] / max(counts["questions"], 1) * full_train)
+                   for stage in ("recall", "analyze")}
     blocks = reflection.pair_blocks(full_counts, "recall_analyze", batch)
     dpo_steps = reflection.training_steps(blocks, rounds)[0] if blocks else 0
     test_chains_here = 2 * test_questions
@@ -487,11 +492,13 @@ def write_markdown(report: dict, path: str) -> None:
              "",
              f"Training questions {report['sizes']['train_questions']:,} (teacher records), validation "
              f"{report['sizes']['validation_questions']:,}, test {report['sizes']['test_questions']:,}; phase 1 "
-             f"{s['sft_steps']} steps (batch 64, interval {s['sft_interval']}, learning rate {s['sft_learning_rate']}); "
+             f"{s['sft_steps']} steps (batch 64, interval {s['sft_interval']}, learning rate "
+             f"{s['sft_learning_rate']}); "
              f"iteration 1: {s['num_samples']} chains per question, DPO {s['rounds']} round(s) at batch "
              f"{s['reflect_batch_size']}; generation caps {s['max_decode_length']} (recall, analyses) and "
-             f"{s['max_summary_length']} (summary) tokens. Total wall time {_fmt_seconds(report['wall_seconds'])} on "
-             f"{report['machine']['cpu_count']} CPU cores ({report['machine']['load_average']} load average at the end).",
+             f"{s['max_summary_length']} (summary) tokens. Total wall time {_fmt_seconds(report['wall_seconds'])} "
+             f"on {report['machine']['cpu_count']} CPU cores ({report['machine']['load_average']} load average at "
+             "the end).",
              "",
              "## Phases",
              "",
@@ -507,9 +514,10 @@ def write_markdown(report: dict, path: str) -> None:
               "|---|---|---|---|---|---|---|---|"]
     for source, stats in report["data_stats"].items():
         for stage, entry in (stats or {}).items():
-            lines.append(f"| {source} {stage} | {entry.get('examples', '-'):,} | {entry.get('max_input_tokens', '-')} | "
-                         f"{entry.get('max_target_tokens', '-')} | {entry.get('input_length', '-')} | "
-                         f"{entry.get('target_length', '-')} | {entry.get('examples_cut', 0)} | {entry.get('tokens_cut', 0)} |")
+            lines.append(f"| {source} {stage} | {entry.get('examples', '-'):,} | "
+                         f"{entry.get('max_input_tokens', '-')} | {entry.get('max_target_tokens', '-')} | "
+                         f"{entry.get('input_length', '-')} | {entry.get('target_length', '-')} | "
+                         f"{entry.get('examples_cut', 0)} | {entry.get('tokens_cut', 0)} |")
     lines += ["", f"Cuts: **{'none' if report['cuts_ok'] else 'SOME (see above)'}**.", "",
               "## Lengths", "",
               "| stage | teacher input (mean) | teacher target (mean) | generated on test (mean) | share at the cap |",
@@ -538,8 +546,10 @@ def write_markdown(report: dict, path: str) -> None:
     lines += [f"Work: phase 1 {work['sft_steps']:,} steps and {work['sft_validation_chains']:,} validation chains; "
               f"per iteration {work['sampled_chains_per_iteration']:,.0f} sampled chains, "
               f"{work['scored_pairs_per_iteration']:,.0f} scored pairs, {work['dpo_steps_per_iteration']:,} DPO steps, "
-              f"{work['validation_chains_per_iteration']:,} validation chains; {work['test_chains']:,} test chains.", "",
-              "| where | model | phase 1 | one iteration | 5 iterations | test | total |", "|---|---|---|---|---|---|---|"]
+              f"{work['validation_chains_per_iteration']:,} validation chains; {work['test_chains']:,} test chains.",
+              "",
+              "| where | model | phase 1 | one iteration | 5 iterations | test | total |",
+              "|---|---|---|---|---|---|---|"]
     for target, models in proj["hours"].items():
         for name, h in models.items():
             lines.append(f"| {target} | {name} | {h['phase1']:,.2f} | {h['iteration']:,.2f} | {h['iterations']:,.2f} | "
@@ -559,10 +569,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     data = os.environ.get("TINYTHINKER_DATA_DIR")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="a new directory for the run, the logs and the report")
-    p.add_argument("--model", default="t5_1_0_tiny", help="a gin/models/ name (T5 1.0: the T5 vocabulary's 32,128 rows)")
+    p.add_argument("--model", default="t5_1_0_tiny",
+                   help="a gin/models/ name (T5 1.0: the T5 vocabulary's 32,128 rows)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"),
                    help="compute dtype (default: bfloat16 when JAX sees a GPU, else float32)")
-    p.add_argument("--train_questions", type=int, help="teacher records for the first N training questions (default: all 8,520)")
+    p.add_argument("--train_questions", type=int,
+                   help="teacher records for the first N training questions (default: all 8,520)")
     p.add_argument("--validation_questions", type=int, help="validation questions per validation (default: all 1,221)")
     p.add_argument("--test_questions", type=int, help="test questions (default: all 1,221)")
     p.add_argument("--reflect_questions", type=int,
@@ -706,7 +718,8 @@ def build_report(args: argparse.Namespace, out: str, context: dict) -> int:
     dpo_metrics = split_metrics(read_metrics(os.path.join(iteration_dir, "metrics.jsonl")), args.reflect_batch_size)
     caps = {"recall": args.max_decode_length, "analyze": args.max_decode_length, "summarize": args.max_summary_length}
     lengths = {"teacher": teacher_lengths(data_dir, args.vocab),
-               "generated": generated_lengths(os.path.join(sft_dir, "test", "predictions_test.jsonl"), args.vocab, caps)}
+               "generated": generated_lengths(os.path.join(sft_dir, "test", "predictions_test.jsonl"), args.vocab,
+                                              caps)}
     test_summaries = {phase: read_json(os.path.join(d, "test", "summary_test.json"))
                       for phase, d in (("sft", sft_dir), ("iteration_1", iteration_dir))}
 
@@ -775,7 +788,8 @@ def build_report(args: argparse.Namespace, out: str, context: dict) -> int:
          "work": f"{sft_validation_chains:,} greedy chains",
          "rate": rate(sft_validation_chains, sft_metrics["validation_seconds"], "chains")},
         {"phase": "reflect (iteration 1)", "seconds": rf["wall_seconds"], "peak_rss_mb": rf["peak_rss_mb"],
-         "work": f"{counts['questions']:,} questions, {counts['recall']:,} recall + {counts['analyze']:,} analyze pairs"},
+         "work": f"{counts['questions']:,} questions, {counts['recall']:,} recall + "
+                 f"{counts['analyze']:,} analyze pairs"},
         {"phase": "- sample chains, build pairs", "seconds": generate_seconds,
          "work": f"{sampled_chains:,} chains ({args.num_samples} x {counts['questions']:,} questions + "
                  f"{args.num_samples} x {counts['recall']:,} recall-pair rows)",

@@ -5,9 +5,9 @@
         --decode_length 128 --out score.json]
 """
 
+import common
 import torch
 
-import common
 from tinythinker_jax.models import scoring
 
 

@@ -10,12 +10,12 @@ chip's dense bf16 peak. Everywhere it also reports the compute floor: the tokens
 those model FLOPs at the best matrix-multiply rate measured here, which no implementation exceeds.
 """
 
+import common
 import jax
 import numpy as np
 import torch
 from flax import nnx
 
-import common
 from tinythinker_jax import partitioning
 from tinythinker_jax.models import scoring
 from tinythinker_jax.training import losses, optimizers
@@ -65,7 +65,8 @@ def main() -> None:
     model, reference, device = common.models(args.config, args.dtype, args.seed, dropout_rate=0.1)
     inputs, targets = common.token_batches(args)
     weights = np.ones_like(targets)
-    batch = {"encoder_input_tokens": inputs, "decoder_input_tokens": np.asarray(scoring.shift_right(targets.astype(np.int32))),
+    batch = {"encoder_input_tokens": inputs,
+             "decoder_input_tokens": np.asarray(scoring.shift_right(targets.astype(np.int32))),
              "decoder_target_tokens": targets, "decoder_loss_weights": weights}
     batch = {k: np.asarray(v, np.int32) for k, v in batch.items()}
 

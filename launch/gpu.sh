@@ -51,6 +51,6 @@ ENV=(JAX_PLATFORMS=cuda XLA_PYTHON_CLIENT_MEM_FRACTION="$MEM_FRACTION")
 [[ -z $GPUS ]] || ENV+=(CUDA_VISIBLE_DEVICES="$GPUS")
 
 run cd "$ROOT"
-# pip resolves jax[cudaN] at the version setup.py pins.
+# pip resolves jax[cudaN] at the version pyproject.toml pins.
 [[ $INSTALL == 0 ]] || run python3 -m pip install -e . "jax[cuda$CUDA]"
 run_here "${ENV[@]}"

@@ -159,7 +159,7 @@ setup() {
     run "${TPU[@]}" scp "$tarball" "$NAME:tinythinker-jax.tar.gz" "${LOCATION[@]}" --worker=all || return
     fetch="mkdir -p $REMOTE_DIR && tar -xzf \$HOME/tinythinker-jax.tar.gz -C $REMOTE_DIR && cd $REMOTE_DIR"
   fi
-  # TPU images may lack python3-venv; pip then resolves jax[tpu] at the version setup.py pins.
+  # TPU images may lack python3-venv; pip then resolves jax[tpu] at the version pyproject.toml pins.
   install='(python3 -m venv .venv || (sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv && python3 -m venv .venv))'
   install+=' && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e . "jax[tpu]"'
   [[ -z $BUCKET ]] || sync+=" && $(mount_bucket)"

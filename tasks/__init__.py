@@ -151,7 +151,8 @@ def _question_prompt_strings(qid, question, labels, texts, answer):
 def _question_to_text(example):
     inputs, targets = tf.numpy_function(
         _question_prompt_strings,
-        [example["id"], example["question"], example["options"]["label"], example["options"]["text"], example["answer"]],
+        [example["id"], example["question"], example["options"]["label"], example["options"]["text"],
+         example["answer"]],
         [tf.string, tf.string],
         stateful=False,
     )

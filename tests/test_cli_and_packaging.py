@@ -56,18 +56,51 @@ def test_data_preview_runs_on_a_fresh_data_root(tmp_path):
     assert (tmp_path / "toyworld" / "manifest.json").is_file()
 
 
-def test_wheel_ships_tasks_as_tinythinker_tasks_only(tmp_path):
+def test_the_wheel_holds_every_module_and_runs_gin_configured_commands_anywhere(tmp_path):
+    """`pip install .` (not editable): every module of the tree, `tasks/` as `tinythinker_tasks` only, the
+    exemplars and every gin file; installed in a directory of its own and run from another, the commands
+    find their gin files (and the includes in them) without the checkout."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), root],
         check=True, capture_output=True, timeout=300,
     )
     (wheel,) = tmp_path.glob("tinythinker_jax-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    assert "tinythinker_tasks/__init__.py" in names and "tinythinker_jax/formats.py" in names
-    assert not [name for name in names if name.startswith("tasks/")]
+    names = set(zipfile.ZipFile(wheel).namelist())
+    tree = {os.path.relpath(os.path.join(directory, name), root)
+            for directory, _, files in os.walk(os.path.join(root, "tinythinker_jax")) for name in files
+            if name.endswith((".py", ".json"))}
+    assert tree <= names
+    tasks = os.listdir(os.path.join(root, "tasks"))
+    assert {f"tinythinker_tasks/{name}" for name in tasks if name.endswith(".py")} <= names
+    gin_files = {os.path.relpath(os.path.join(directory, name), root)
+                 for directory, _, files in os.walk(os.path.join(root, "gin"))
+                 for name in files if name.endswith(".gin")}
+    assert len(gin_files) > 40 and {f"tinythinker_jax/{path}" for path in gin_files} <= names
+    assert not [name for name in names if name.startswith(("tasks/", "gin/"))]
     entry_points = next(name for name in names if name.endswith("entry_points.txt"))
     assert "tinythinker = tinythinker_jax.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+    installed, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(installed), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(installed)}
+
+    def run(*argv):
+        return subprocess.run([sys.executable, *argv], cwd=elsewhere, env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    where = run("-c", "import tinythinker_jax, tinythinker_tasks; print(tinythinker_jax.__file__)")
+    assert where.stdout.strip() == str(installed / "tinythinker_jax" / "__init__.py"), where.stderr[-2000:]
+    # Refused at the settings check, which runs only once every gin file and include has been parsed.
+    for argv in (["train", "--gin_file=gin/runs/pipeline.gin",
+                  "--gin_file=gin/experiments/csqa_t5_base_dpo_recall.gin", "--gin.MODEL_DIR='run'"],
+                 ["demo", "--out", "demo"]):
+        result = run("-m", "tinythinker_jax.cli", *argv, "--gin.BATCH_SIZE=0")
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert result.stderr.strip() == "error: BATCH_SIZE is 0: it must be a positive integer"
+    assert os.listdir(elsewhere) == []
 
 
 def test_evaluate_joins_a_multi_process_run_on_the_mesh_it_is_given(monkeypatch, capsys):

@@ -6,9 +6,9 @@ import os
 import subprocess
 import sys
 
-import gin
 import pytest
 
+import gin
 from test_report import COMPLETE, make_run
 from tinythinker_jax import cli, errors, evaluation, pipeline
 from tinythinker_jax.data import prepare

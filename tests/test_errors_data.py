@@ -303,7 +303,8 @@ def test_changed_splits_are_refused_while_teacher_records_depend_on_them(good_di
     before = snapshot(out)
     code, _, err = run_cli(capsys, "data", "split", "--dataset", "obqa", "--raw_dir", raw, "--out_dir", out)
     assert code == 2
-    assert_error_line(err, locations.teacher_path(out), "take 1 of its questions out of train or change them (tr0)", "--force")
+    assert_error_line(err, locations.teacher_path(out), "take 1 of its questions out of train or change them (tr0)",
+                      "--force")
     assert snapshot(out) == before
 
 

@@ -44,7 +44,8 @@ def test_ablation_stage_types():
     assert pairs(examples.stage_examples([RECORD], "summarize", "recall_summarize")) == [
         (f"{CONTEXT}\nRecall: Ice is cold.\nSummarize:", "So the answer is option B.")]
     assert pairs(examples.stage_examples([RECORD], "analyze", "analyze_summarize")) == [
-        (f"{CONTEXT}\nAnalyze: For option A,", "ice is not hot."), (f"{CONTEXT}\nAnalyze: For option B,", "ice is cold."),
+        (f"{CONTEXT}\nAnalyze: For option A,", "ice is not hot."),
+        (f"{CONTEXT}\nAnalyze: For option B,", "ice is cold."),
         (f"{CONTEXT}\nAnalyze: For option A,", "ice never burns."),
     ]
     with pytest.raises(ValueError, match="not part of stage type"):

@@ -3,16 +3,16 @@
 import glob
 import os
 
-import gin
 import jax
 import pytest
 from flax import nnx
 
+import gin
 import tinythinker_tasks
 from tinythinker_jax import cli, formats
 from tinythinker_jax.data import locations, prepare
-from tinythinker_jax.models import t5
 from tinythinker_jax.data.records import Rationale, TeacherRecord, read_questions, teacher_record_to_json, write_jsonl
+from tinythinker_jax.models import t5
 from tinythinker_jax.training import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -140,7 +140,8 @@ def test_tpu_up_plan_creates_installs_everywhere_and_runs_the_pipeline(tripwires
     worker = on_a_worker(option(run_argv, "--command"), home)
     assert worker == {
         "argv": ["pipeline", "--gin_file=gin/runs/pipeline.gin", "--gin_file=gin/experiments/csqa_t5_base_sft.gin",
-                 '--gin.MODEL_DIR="/gcs/bucket/csqa_base"', f'--gin.INITIAL_CHECKPOINT_PATH="{home}/tinythinker-ckpt/t5-base"',
+                 '--gin.MODEL_DIR="/gcs/bucket/csqa_base"',
+                 f'--gin.INITIAL_CHECKPOINT_PATH="{home}/tinythinker-ckpt/t5-base"',
                  "--num_processes", "-1", *PASS_THROUGH],
         "cwd": str(home / "tinythinker-jax"),
         "data_root": str(home / "tinythinker-data"),
@@ -171,8 +172,9 @@ def test_tpu_train_command_from_a_clone(tripwires, tmp_path):
     args = ["run", "--command", "train", "--experiment", "obqa_t5_small_sft", "--model_dir", "/gcs/b/o/", "--dry_run"]
     (run,) = plan(launch("tpu_vm.sh", *args, env=tripwires))
     worker = on_a_worker(option(words(run), "--command"), tmp_path / "home", mounted="/gcs/b")
-    assert worker["argv"] == ["train", "--gin_file=gin/runs/sft.gin", "--gin_file=gin/experiments/obqa_t5_small_sft.gin",
-                              '--gin.MODEL_DIR="/gcs/b/o"', "--num_processes", "-1"]
+    assert worker["argv"] == ["train", "--gin_file=gin/runs/sft.gin",
+                              "--gin_file=gin/experiments/obqa_t5_small_sft.gin", '--gin.MODEL_DIR="/gcs/b/o"',
+                              "--num_processes", "-1"]
     assert worker["data_root"] is None and worker["exit"] == 0
 
 
@@ -188,8 +190,9 @@ def test_tpu_reflect_command_runs_one_iteration(tripwires, tmp_path):
     args = ["run", "--command", "reflect", "--model_dir", "gs://b/r", "--dry_run", "--", "--gin.ITERATION=2"]
     (run,) = plan(launch("tpu_vm.sh", *args, env=tripwires))
     worker = on_a_worker(option(words(run), "--command"), tmp_path / "home", mounted="/gcs/b")
-    assert worker["argv"] == ["reflect", "--gin_file=gin/runs/reflect.gin", "--gin_file=gin/experiments/csqa_t5_base_sft.gin",
-                              '--gin.MODEL_DIR="/gcs/b/r"', "--num_processes", "-1", "--gin.ITERATION=2"]
+    assert worker["argv"] == ["reflect", "--gin_file=gin/runs/reflect.gin",
+                              "--gin_file=gin/experiments/csqa_t5_base_sft.gin", '--gin.MODEL_DIR="/gcs/b/r"',
+                              "--num_processes", "-1", "--gin.ITERATION=2"]
 
 
 def test_tpu_resume_and_delete_plans(tripwires):

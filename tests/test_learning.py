@@ -12,7 +12,6 @@ import json
 import os
 
 import gin
-
 from tinythinker_jax import cli
 from tinythinker_jax.data import prepare
 

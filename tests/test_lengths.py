@@ -151,7 +151,8 @@ def test_chain_inputs_are_never_cut_by_default_and_cuts_are_counted(csqa_long, m
     assert all(ends_with_summarize_cue(vocabulary, ids) for ids in summarize_inputs)
 
     # A cap is raised to the widest training input, and what it still cuts is counted.
-    capped = trainer.chain_settings_for(chains.ChainSettings(max_input_length=100), {"summarize": {"input_length": 192}})
+    capped = trainer.chain_settings_for(chains.ChainSettings(max_input_length=100),
+                                        {"summarize": {"input_length": 192}})
     assert capped.max_input_length == 192
     sent.clear()
     runner = chains.ChainRunner(model, vocabulary, dataclasses.replace(settings, max_input_length=200))

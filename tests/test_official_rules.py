@@ -4,15 +4,15 @@
 import json
 import os
 
-import gin
 import pytest
 
+import gin
 import tinythinker_tasks
 from tinythinker_jax import chains, cli, evaluation, pipeline
 from tinythinker_jax.data import prepare
 from tinythinker_jax.data.records import make_question
 from tinythinker_jax.errors import UserError
-from tinythinker_jax.models import checkpoints, decoding
+from tinythinker_jax.models import checkpoints, decoding, t5
 from tinythinker_jax.reflection import iteration
 from tinythinker_jax.training import schedule
 
@@ -113,7 +113,7 @@ class FakeRunner:
     settings = None
     inputs_cut = tokens_cut = 0
 
-    def __init__(self, model, vocabulary, settings):
+    def __init__(self, model, vocabulary, settings, progress=None):
         FakeRunner.settings = settings
 
     def run(self, questions, stage_type, num_chains, seed):
@@ -128,6 +128,7 @@ def no_model(monkeypatch):
     monkeypatch.setattr(tinythinker_tasks, "register_dataset", lambda *args: None)
     monkeypatch.setattr(tinythinker_tasks, "load_questions", lambda dataset, split: [question])
     monkeypatch.setattr(checkpoints, "load_model", lambda *args, **kwargs: None)
+    monkeypatch.setattr(checkpoints, "load_config", lambda *args: t5.model_config("t5_1_0_tiny"))
     monkeypatch.setattr(checkpoints, "load_vocabulary", lambda *args: None)
     monkeypatch.setattr(chains, "ChainRunner", FakeRunner)
 

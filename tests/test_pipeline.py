@@ -5,10 +5,10 @@ import json
 import os
 import signal
 
-import gin
 import jax
 import pytest
 
+import gin
 from tinythinker_jax import chains, cli, evaluation, pipeline
 from tinythinker_jax.data import records
 from tinythinker_jax.errors import UserError

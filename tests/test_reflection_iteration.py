@@ -13,8 +13,7 @@ from processes import run_two_processes
 from tinythinker_jax import chains
 from tinythinker_jax.data import records
 from tinythinker_jax.errors import UserError
-from tinythinker_jax.models import checkpoints, scoring
-from tinythinker_jax.models import t5
+from tinythinker_jax.models import checkpoints, scoring, t5
 from tinythinker_jax.reflection import data as pair_data
 from tinythinker_jax.reflection import iteration, sampling
 from tinythinker_jax.training import loop, trainer
@@ -86,7 +85,7 @@ def test_reference_scores_are_the_reference_models_log_likelihoods(first_run):
     model, vocabulary = checkpoints.load_model(reference), checkpoints.load_vocabulary(reference)
     path = sampling.pairs_path(os.path.join(iteration.iteration_dir(model_dir, 1), "pairs"), "recall", scored=True)
     rows = pair_data.read_pairs(path, scored=True)
-    encode = lambda text, limit: list(vocabulary.encode(text))[: limit - 1] + [1]  # noqa: E731
+    encode = lambda text, limit: list(vocabulary.encode(text))[: limit - 1] + [1]
     for side in ("chosen", "rejected"):
         expected = scoring.score(model, [encode(r["prompt"], LENGTHS["inputs"]) for r in rows],
                                  [encode(r[side], LENGTHS["targets"]) for r in rows])

@@ -16,7 +16,7 @@ from tinythinker_jax import formats
 from tinythinker_jax.chains import Chain
 from tinythinker_jax.data.records import Rationale, iter_json_lines, make_question, write_json, write_jsonl
 from tinythinker_jax.reflection import pairs, sampling
-from tinythinker_jax.reflection.pairs import (analyze_pairs, fallback_analyses, recall_pairs, recalls_to_analyze)
+from tinythinker_jax.reflection.pairs import analyze_pairs, fallback_analyses, recall_pairs, recalls_to_analyze
 
 QUESTION = make_question("q1", "Where would you find a sofa?", [("A", "ocean"), ("B", "house"), ("C", "sky")], "B")
 RECALL = "Sofas are furniture, kept indoors"
@@ -243,7 +243,7 @@ class FakeRunner:
 
     calls = []
 
-    def __init__(self, model, vocabulary, settings):
+    def __init__(self, model, vocabulary, settings, progress=None):
         self.settings = settings
 
     def run(self, questions, stage_type, num_chains, seed, recalls=None):

@@ -6,7 +6,6 @@ os.environ.setdefault("USE_TF", "0")
 
 import glob
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 from flax import nnx
 from transformers.models.t5.modeling_t5 import T5Attention
 
+import gin
 from tinythinker_jax.models import checkpoints, dropout, hf_convert, scoring, t5, testing
 
 TOLERANCE = 1e-4

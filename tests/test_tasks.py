@@ -12,7 +12,13 @@ import tinythinker_tasks
 from tinythinker_jax import formats
 from tinythinker_jax.data import locations, prepare
 from tinythinker_jax.data.records import (
-    Rationale, TeacherRecord, question_to_json, read_questions, teacher_record_to_json, write_jsonl)
+    Rationale,
+    TeacherRecord,
+    question_to_json,
+    read_questions,
+    teacher_record_to_json,
+    write_jsonl,
+)
 
 LENGTHS = {"inputs": 256, "targets": 64}
 

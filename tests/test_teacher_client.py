@@ -139,7 +139,8 @@ def test_rate_limiter_caps_requests_and_tokens_per_window():
 
     assert asyncio.run(timed(client.RateLimiter(2, None, window=0.4), [1] * 5)) >= 0.8
     assert asyncio.run(timed(client.RateLimiter(None, 100, window=0.4), [60, 60, 60])) >= 0.8
-    assert asyncio.run(timed(client.RateLimiter(None, 100, window=0.4), [500])) < 0.3  # too big for the budget: goes alone
+    # Too big for the budget: it goes alone.
+    assert asyncio.run(timed(client.RateLimiter(None, 100, window=0.4), [500])) < 0.3
     assert asyncio.run(timed(client.RateLimiter(10, 1000, window=0.4), [60] * 5)) < 0.3
 
 

@@ -36,7 +36,8 @@ def test_explanations_on_the_header_line_and_out_of_order():
     assert rationale.analyze == {"A": "yes.", "B": "wet.", "C": "no."}
 
 
-GOOD = "Key Information: K.\nExplanations:\nA is correct. Because a.\nB is incorrect. Because b.\nC is incorrect. Because c."
+GOOD = ("Key Information: K.\nExplanations:\nA is correct. Because a.\nB is incorrect. Because b.\n"
+        "C is incorrect. Because c.")
 
 
 @pytest.mark.parametrize("text, finish_reason, reason", [

@@ -155,7 +155,7 @@ def test_teacher_record_explains_every_option_without_a_verdict(world, about):
                     assert formats.close_sentence(text) == text
                     assert len(text.split()) <= 15, text
                     if variant != "yesno" and label != question.answer:
-                        assert dict((o.label, o.text) for o in question.options)[label] in text
+                        assert {o.label: o.text for o in question.options}[label] in text
     assert world.teacher_record(question) == world.teacher_record(question)
 
 

@@ -259,7 +259,8 @@ def test_pipeline_on_two_processes_matches_one(uncut, small_toyworld, tmp_path):
     run_two_processes(TWO_PROCESS_SCRIPT.format(argv=pipeline_argv(tmp_path, small_toyworld)))
     expected, actual = losses(uncut), losses(sft_dir)
     assert sorted(actual) == sorted(expected)
-    np.testing.assert_allclose([actual[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)], rtol=2e-5)
+    np.testing.assert_allclose([actual[s] for s in sorted(expected)], [expected[s] for s in sorted(expected)],
+                               rtol=2e-5)
     # The saved best model (step 6) restores on any topology; both runs must hold the same parameters.
     _, expected_params = model_checkpoints.load_params_numpy(os.path.join(uncut, "best"))
     _, actual_params = model_checkpoints.load_params_numpy(os.path.join(sft_dir, "best"))

@@ -74,9 +74,10 @@ class ChainRunner:
 
     def _generate(self, texts: Sequence[str], sampling: decoding.SamplingConfig, max_length: int, seed: int,
                   bar: Optional[tqdm] = None) -> list[str]:
-        """One output per text, advancing `bar` by the texts' share of each decoded batch. Every distinct text is encoded once: greedy requests for it share one
-        output; sampled ones are samples of that one input (`num_decodes`), the k-th request taking the
-        k-th sample, so N chains of one question cost one encoder pass and one copy of its keys."""
+        """One output per text, advancing `bar` by the texts' share of each decoded batch. Every distinct text
+        is encoded once: greedy requests for it share one output; sampled ones are samples of that one input
+        (`num_decodes`), the k-th request taking the k-th sample, so N chains of one question cost one encoder
+        pass and one copy of its keys."""
         counts = collections.Counter(texts)
         if sampling.greedy:
             num_decodes, inputs = 1, list(counts)
@@ -92,6 +93,7 @@ class ChainRunner:
 
         def advance(inputs_done: int) -> None:
             nonlocal shown
+            assert bar is not None  # `advance` is only handed to `generate` when there is a bar
             bar.update(len(texts) * inputs_done // len(inputs) - shown)
             shown = len(texts) * inputs_done // len(inputs)
 
@@ -100,7 +102,7 @@ class ChainRunner:
             num_decodes=num_decodes, seed=seed, batch_size=inputs_per_call, eos_id=eos_id,
             max_input_length=self.settings.max_input_length, on_batch=advance if bar is not None else None,
         )
-        samples_of = collections.defaultdict(list)
+        samples_of: collections.defaultdict[str, list[str]] = collections.defaultdict(list)
         for text, rows in zip(inputs, result.tokens):
             samples_of[text] += [self.vocabulary.decode(decoding.until_eos(row, eos_id)) for row in rows]
         if sampling.greedy:
@@ -119,14 +121,14 @@ class ChainRunner:
             if formats.ANALYZE in stages else []
         with tqdm(total=len(keys) * (1 + recalls_wanted) + len(requests), desc=self.progress, unit="output",
                   leave=False, dynamic_ncols=True, disable=self.progress is None or jax.process_index() != 0) as bar:
-            recall_of: dict = {key: None for key in keys}
+            recall_of: dict = dict.fromkeys(keys)
             if recalls is not None:
                 recall_of = {(q, c): recalls[q][c] for q, c in keys}
             elif recalls_wanted:
                 texts = self._generate([formats.recall_input(questions[q]) for q, _ in keys], settings.recall,
                                        settings.max_decode_length, seed, bar)
                 recall_of = dict(zip(keys, texts))
-            analyses_of: dict = {key: None for key in keys}
+            analyses_of: dict = dict.fromkeys(keys)
             if requests:
                 texts = self._generate(
                     [formats.analyze_input(questions[q], recall_of[(q, c)], label) for q, c, label in requests],
@@ -139,7 +141,7 @@ class ChainRunner:
                 [formats.summarize_input(questions[q], recall_of[(q, c)], analyses_of[(q, c)]) for q, c in keys],
                 settings.summarize, settings.max_summary_length, seed + 2, bar,
             )
-        chains = [[] for _ in questions]
+        chains: list[list[Chain]] = [[] for _ in questions]
         for (q, c), summary in zip(keys, summaries):
             chains[q].append(Chain(recall_of[(q, c)], analyses_of[(q, c)], summary, formats.parse_answer(summary)))
         return chains

@@ -46,8 +46,9 @@ def stage_settings(chain_settings: chains.ChainSettings, sampling: decoding.Samp
     unknown = sorted(set(sampled_stages) - set(STAGES))
     if unknown:
         raise ValueError(f"unknown stages {unknown} to sample; expected some of {list(STAGES)}")
-    return dataclasses.replace(chain_settings, **{
-        stage: sampling if stage in sampled_stages else chains.GREEDY for stage in STAGES})
+    # Only the stages' SamplingConfig fields; typed loosely, as mypy checks a ** dict against every field.
+    per_stage: dict[str, Any] = {stage: sampling if stage in sampled_stages else chains.GREEDY for stage in STAGES}
+    return dataclasses.replace(chain_settings, **per_stage)
 
 
 def check_chain_settings(settings: chains.ChainSettings) -> None:

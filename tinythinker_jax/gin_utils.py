@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import gin
 from gin import config as gin_config
 from gin import config_parser
-
 from tinythinker_jax.errors import UserError
 
 GIN_BINDING_PREFIX = "--gin."
@@ -43,7 +42,8 @@ def add_gin_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gin_file", action="append", default=[], help="gin file; repeat to add more")
     parser.add_argument("--gin_bindings", action="append", default=[], help="KEY=VALUE; also --gin.KEY=VALUE")
     parser.add_argument("--gin_search_paths", default=".",
-                        help="comma-separated directories for gin files and includes (default: the current one)")
+                        help="comma-separated directories for gin files and includes (default: the current one); "
+                             "the project's own gin/ is searched after them")
 
 
 def parse_gin_flags(args: argparse.Namespace, configurables: Sequence[Callable] = ()) -> None:
@@ -54,6 +54,18 @@ def parse_gin_flags(args: argparse.Namespace, configurables: Sequence[Callable] 
     parse(args.gin_file, args.gin_bindings, args.gin_search_paths.split(","), configurables)
 
 
+def builtin_search_path() -> str:
+    """The directory that holds the project's `gin/` tree, searched after `--gin_search_paths`, so that
+    `--gin_file=gin/runs/sft.gin` and every `include 'gin/...'` resolve from any working directory: the
+    installed package (a wheel ships `gin/` as `tinythinker_jax/gin/`) or a source checkout's root."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    for directory in (package, os.path.dirname(package)):
+        if os.path.isdir(os.path.join(directory, "gin", "runs")):
+            return directory
+    raise UserError(f"the project's gin files are neither in {package}/gin nor beside the package: reinstall "
+                    "tinythinker-jax")
+
+
 def parse(files: Sequence[str], bindings: Sequence[str], search_paths: Iterable[str] = (),
           configurables: Sequence[Callable] = ()) -> None:
     """Parses gin files, then bindings (later ones win), into a fresh, finalized gin config.
@@ -61,7 +73,7 @@ def parse(files: Sequence[str], bindings: Sequence[str], search_paths: Iterable[
     Args:
         files: Gin files, found directly or under `search_paths`.
         bindings: `KEY = VALUE` bindings, as given by `--gin.KEY=VALUE`.
-        search_paths: Directories for the files and their includes.
+        search_paths: Directories for the files and their includes, before `builtin_search_path()`.
         configurables: The functions the command will call. Their arguments are evaluated now, so a required
             macro left unset or a value a configurable refuses stops the run here, before any work.
 
@@ -70,18 +82,18 @@ def parse(files: Sequence[str], bindings: Sequence[str], search_paths: Iterable[
             closest known ones, when a binding sets a macro that no gin file uses.
     """
     gin.clear_config()  # a fresh config per command, also when one process runs several (tests)
-    search_paths = [os.path.abspath(path) for path in search_paths if path]
+    search_paths = [os.path.abspath(path) for path in search_paths if path] + [builtin_search_path()]
     for path in search_paths:
         gin.add_config_file_search_path(path)
     for path in files:
         if not any(os.path.isfile(os.path.join(prefix, path)) for prefix in ("", *search_paths)):
-            raise UserError(f"--gin_file {path}: not found (searched the current directory and --gin_search_paths "
-                            f"{','.join(search_paths) or '(none)'})")
+            raise UserError(f"--gin_file {path}: not found (searched the current directory and "
+                            f"{','.join(search_paths)})")
         _run(f"--gin_file {path}", gin.parse_config_file, path)
     macros = {}
     for binding in bindings:
         _run(f"--gin.{binding}", gin.parse_config, binding)
-        macros.update({name: binding for name in _macros_bound_by(binding)})
+        macros.update(dict.fromkeys(_macros_bound_by(binding), binding))
     _check_macros_are_used(macros)  # first: `--gin.MODEL_DIRR=...` is the mistake, not a MODEL_DIR left unset
     _run("gin config", gin.finalize)
     for fn in configurables:
@@ -153,7 +165,7 @@ def _macro_names() -> tuple[set[str], set[str]]:
 
     Gin stores `NAME = value` as parameter `value` of its `macro` configurable in scope `NAME`, and `%NAME`
     as a reference to that configurable in that scope."""
-    config = gin_config._CONFIG  # noqa: SLF001 - gin has no public way to list its references
+    config = gin_config._CONFIG
     macro = gin.get_configurable(gin_config.macro)
     bound = {scope for scope, selector in config if selector == "gin.macro"}
     used = {reference.config_key[0] for reference in gin_config.iterate_references(config, to=macro)}

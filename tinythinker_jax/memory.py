@@ -10,7 +10,7 @@ first steps are turned into one line by `training.loop`.
 
 import math
 import os
-from typing import Callable
+from typing import Callable, cast
 
 import jax
 from flax import nnx
@@ -49,7 +49,7 @@ def available_bytes() -> tuple[int, str]:
     allocator limits, or each host's physical memory when the devices are CPUs (which share it)."""
     limits = [(device.memory_stats() or {}).get("bytes_limit") for device in jax.local_devices()]
     if all(limits) and jax.default_backend() != "cpu":
-        total = sum(limits) * jax.process_count()
+        total = sum(cast(list[int], limits)) * jax.process_count()  # all() above ruled out a missing limit
         return total, f"{jax.device_count()} {jax.default_backend()} devices with {total / GIB:,.1f} GiB together"
     host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * jax.process_count()
     return host, f"{host / GIB:,.1f} GiB of host memory"

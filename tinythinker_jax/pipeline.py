@@ -11,9 +11,9 @@ import os
 import time
 from typing import Any, Mapping, Optional, Sequence
 
-import gin
 import jax
 
+import gin
 import tinythinker_tasks
 from tinythinker_jax import chains, evaluation, formats, gin_utils, report
 from tinythinker_jax.data import benchmarks, examples, locations, records
@@ -119,6 +119,7 @@ def run_pipeline(
             save()
             return None
     sft_done = checkpointing.read_marker(sft_done_path)
+    assert sft_done is not None  # phase 1 finished unpreempted, so it wrote its DONE marker
     state["data"] = _data_summary(data_dir, stage_type)
     tinythinker_tasks.register_dataset(dataset, data_dir, checkpoints.vocab_path(checkpointing.best_dir(sft_dir)))
     test_questions = tinythinker_tasks.load_questions(dataset, "test")[:max_test_questions]

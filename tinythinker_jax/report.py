@@ -126,7 +126,7 @@ def _phases(fields: JsonFields) -> list[dict[str, Any]]:
 
 
 def _phase(fields: JsonFields, index: int) -> dict[str, Any]:
-    phase = {"name": _optional(fields, "name", str) or f"phase_{index + 1}"}
+    phase: dict[str, Any] = {"name": _optional(fields, "name", str) or f"phase_{index + 1}"}
     for key in _ACCURACY_KEYS:
         phase[key] = _optional(fields, key, float)
         if phase[key] is not None and not 0 <= phase[key] <= 1:

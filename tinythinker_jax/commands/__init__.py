@@ -5,9 +5,13 @@ one line (`cli.ArgumentParser.error`) before anything is loaded.
 """
 
 import argparse
+from typing import Callable, TypeVar
+
+# An int for counts and sizes, a float for sampling values: each type's caller gets back what it asked for.
+_Number = TypeVar("_Number", int, float)
 
 
-def _number(text: str, kind: type, what: str, accept) -> float:
+def _number(text: str, kind: Callable[[str], _Number], what: str, accept: Callable[[_Number], bool]) -> _Number:
     try:
         value = kind(text)
     except ValueError:

@@ -34,7 +34,6 @@ def _toyworld(args) -> int:
 
 
 def _preview(args) -> int:
-    import seqio
 
     import tinythinker_tasks
     from tinythinker_jax.data import locations, prepare

@@ -3,28 +3,20 @@
 import argparse
 import os
 
-import tinythinker_jax
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(tinythinker_jax.__file__)))
 EXPERIMENT = "gin/experiments/toyworld_yesno_t5_mini_pipeline.gin"
 
 
 def _demo(args) -> int:
     import gin
-
     from tinythinker_jax import gin_utils, pipeline
     from tinythinker_jax.data import locations, prepare
-    from tinythinker_jax.errors import UserError
 
-    if not os.path.exists(os.path.join(REPO, EXPERIMENT)):
-        raise UserError(f"{EXPERIMENT} is not under {REPO}: the demo runs from a source checkout installed with "
-                        f"`pip install -e .`")
     locations.require_local(args.out, "--out")
     out = os.path.abspath(args.out)
     data_dir = os.path.join(out, "data")
     # Every setting is checked before the toy world is made, so a mistyped --gin.KEY stops at once.
-    gin_utils.parse([os.path.join(REPO, "gin/runs/pipeline.gin"), os.path.join(REPO, EXPERIMENT)],
-                    [f"MODEL_DIR = {out!r}", f"DATA_DIR = {data_dir!r}", *args.gin_bindings], [REPO],
+    gin_utils.parse(["gin/runs/pipeline.gin", EXPERIMENT],
+                    [f"MODEL_DIR = {out!r}", f"DATA_DIR = {data_dir!r}", *args.gin_bindings],
                     configurables=pipeline.CONFIGURABLES)
     pipeline.check_settings(gin_utils.bound_arguments(pipeline.run_pipeline))
     locations.require_writable(out, "--out")

@@ -8,8 +8,13 @@ import argparse
 import dataclasses
 
 from tinythinker_jax import formats, gin_utils
-from tinythinker_jax.commands import (non_negative_float, non_negative_int, positive_int, positive_int_or_all,
-                                      probability)
+from tinythinker_jax.commands import (
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    positive_int_or_all,
+    probability,
+)
 from tinythinker_jax.commands.train import add_distributed_flags, initialize_distributed
 from tinythinker_jax.data import benchmarks
 from tinythinker_jax.errors import UserError
@@ -20,7 +25,6 @@ STAGES = (formats.RECALL, formats.ANALYZE, formats.SUMMARIZE)
 def _evaluate(args) -> int:
     initialize_distributed(args)
     import gin
-
     import tinythinker_tasks
     from tinythinker_jax import chains, evaluation
     from tinythinker_jax.data import locations

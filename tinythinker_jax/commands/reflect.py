@@ -9,7 +9,6 @@ from tinythinker_jax.commands.train import add_distributed_flags, initialize_dis
 def _reflect(args) -> int:
     initialize_distributed(args)
     import gin
-
     from tinythinker_jax.reflection import iteration
 
     gin_utils.parse_gin_flags(args, configurables=[iteration.run_iteration])
@@ -23,7 +22,6 @@ def _reflect(args) -> int:
 def _pipeline(args) -> int:
     initialize_distributed(args)
     import gin
-
     from tinythinker_jax import pipeline
 
     gin_utils.parse_gin_flags(args, configurables=pipeline.CONFIGURABLES)

@@ -27,6 +27,7 @@ def _report(args) -> int:
     else:
         print(table)
     if args.out:
+        assert table is not None  # --out is one of the cases that build the table
         report.write_text(args.out, table + "\n")
         print(f"wrote {args.out}", file=sys.stderr)
     return 0

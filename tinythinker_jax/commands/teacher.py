@@ -174,12 +174,15 @@ def _import_batch(args) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, choices=DATASETS, help="picks the shipped exemplars and the default --samples")
-    parser.add_argument("--split_dir", required=True, help="directory with {train,validation,test}.jsonl question records")
+    parser.add_argument("--dataset", required=True, choices=DATASETS,
+                        help="picks the shipped exemplars and the default --samples")
+    parser.add_argument("--split_dir", required=True,
+                        help="directory with {train,validation,test}.jsonl question records")
     parser.add_argument("--split", default="train")
     parser.add_argument("--out_dir", help="where <split>.jsonl and <split>_report.json go (default: SPLIT_DIR/teacher)")
     parser.add_argument("--cache", help="the response cache JSONL (default: OUT_DIR/cache/responses.jsonl)")
-    parser.add_argument("--base_url", help="an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (default: OpenAI)")
+    parser.add_argument("--base_url",
+                        help="an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (default: OpenAI)")
     parser.add_argument("--model", default="gpt-4o-2024-05-13")
     parser.add_argument("--samples", type=positive_int,
                         help="valid samples wanted per question (default: 8 for csqa and toyworld, else 4)")

@@ -33,7 +33,6 @@ def initialize_distributed(args: argparse.Namespace) -> None:
 def _train(args) -> int:
     initialize_distributed(args)
     import gin
-
     from tinythinker_jax.training import trainer
 
     gin_utils.parse_gin_flags(args, configurables=[trainer.train])

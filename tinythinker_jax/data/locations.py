@@ -60,7 +60,8 @@ def require_writable(path: str, setting: str = "MODEL_DIR") -> None:
 
 
 def data_root() -> str:
-    return os.environ.get("TINYTHINKER_DATA_ROOT") or os.path.join(os.path.expanduser("~"), ".cache", "tinythinker", "data")
+    default = os.path.join(os.path.expanduser("~"), ".cache", "tinythinker", "data")
+    return os.environ.get("TINYTHINKER_DATA_ROOT") or default
 
 
 def dataset_dir(dataset: str) -> str:

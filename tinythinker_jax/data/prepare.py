@@ -18,8 +18,15 @@ import sentencepiece as spm
 
 from tinythinker_jax.data import benchmarks, locations, tfds_builder
 from tinythinker_jax.data.records import (
-    DataError, Question, iter_json_lines, json_line, load_json, question_to_json, read_questions,
-    teacher_record_to_json, write_jsonl,
+    DataError,
+    Question,
+    iter_json_lines,
+    json_line,
+    load_json,
+    question_to_json,
+    read_questions,
+    teacher_record_to_json,
+    write_jsonl,
 )
 
 TOY_VARIANTS = {"toyworld": "mc5", "toyworld_mc4": "mc4", "toyworld_yesno": "yesno"}
@@ -72,7 +79,8 @@ def _stale_teacher_records(data_dir: str, splits: dict[str, list[Question]]) -> 
     for split in benchmarks.SPLITS:
         path = _teacher_split_path(data_dir, split)
         if os.path.exists(path):
-            wording = {q.id: _wording(question_to_json(q)) for q in splits[split]}
+            # Keyed by question id, but looked up by whatever id a record holds, which may not be a string.
+            wording: dict[object, tuple] = {q.id: _wording(question_to_json(q)) for q in splits[split]}
             changed = [str(obj.get("id")) if isinstance(obj, dict) else f"line {line}"
                        for line, obj in iter_json_lines(path)
                        if not isinstance(obj, dict) or wording.get(obj.get("id")) != _wording(obj)]
@@ -91,8 +99,8 @@ def _refuse(data_dir: str, stale: dict[str, list[str]]) -> DataError:
     split, ids = next(iter(stale.items()))
     shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
     return DataError(_teacher_split_path(data_dir, split), None, None,
-                     f"the new splits take {len(ids)} of its questions out of {split} or change them ({shown}); nothing "
-                     f"was changed. "
+                     f"the new splits take {len(ids)} of its questions out of {split} or change them ({shown}); "
+                     f"nothing was changed. "
                      f"Pass --force to write the new splits and move the teacher files of those splits to "
                      f"teacher/stale-<time>/ (the response cache stays, so a new teacher run pays only for new "
                      f"requests), or split into another --out_dir")

@@ -5,7 +5,13 @@ StrategyQA is a JSON list of `{qid, question, answer: bool, facts}`, cast as `(A
 """
 
 from tinythinker_jax.data.records import (
-    DataError, JsonFields, Question, check_unique_ids, iter_json_lines, load_json, make_question,
+    DataError,
+    JsonFields,
+    Question,
+    check_unique_ids,
+    iter_json_lines,
+    load_json,
+    make_question,
 )
 
 YES_NO_OPTIONS = (("A", "yes"), ("B", "no"))

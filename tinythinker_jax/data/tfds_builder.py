@@ -41,7 +41,8 @@ class TinythinkerQa(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        return {split: self._generate_examples(os.path.join(dl_manager.manual_dir, f"{split}.jsonl")) for split in SPLITS}
+        return {split: self._generate_examples(os.path.join(dl_manager.manual_dir, f"{split}.jsonl"))
+                for split in SPLITS}
 
     def _generate_examples(self, path):
         for question in read_questions(os.fspath(path)):

@@ -142,7 +142,7 @@ class ToyWorld:
         names = _distinct_names(rng, num_categories, num_categories * entities_per_category)
         categories, entity_names = names[:num_categories], names[num_categories:]
         entities = {name: categories[i // entities_per_category] for i, name in enumerate(entity_names)}
-        facts = {category: {} for category in categories}
+        facts: dict[str, dict[str, str]] = {category: {} for category in categories}
         for attribute in ATTRIBUTES:
             for category, value in zip(categories, rng.sample(attribute.values, num_categories)):
                 facts[category][attribute.name] = value
@@ -288,7 +288,7 @@ class ToyWorld:
             # "yes" and "no" share one explanation: whether the claimed value is the category's.
             fits = spec.claim == self._value(spec.entity, spec.attribute)
             text = (_FITS if fits else _MISFITS)[phrasing].format(other=spec.claim, **slots)
-            return Rationale(recall, {label: text for label in spec.question.labels})
+            return Rationale(recall, dict.fromkeys(spec.question.labels, text))
         gold = self._value(spec.entity, spec.attribute)
         analyze = {
             option.label: (_FITS if option.text == gold else _MISFITS)[phrasing].format(other=option.text, **slots)

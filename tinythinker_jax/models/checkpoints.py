@@ -13,7 +13,7 @@ Both HF import and export go through this format, and it is what a trainer start
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -39,8 +39,8 @@ class CheckpointError(UserError, ValueError):
 def error_summary(error: BaseException) -> str:
     """A library error's innermost cause on one short line: Orbax wraps TensorStore's reason (the file and
     what is wrong with it) in a page of its store's spec."""
-    while error.__cause__ is not None or error.__context__ is not None:
-        error = error.__cause__ or error.__context__
+    while (inner := error.__cause__ or error.__context__) is not None:
+        error = inner
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= 300 else text[:297] + "..."
 
@@ -98,8 +98,8 @@ def _tokenization(vocab_path: str) -> list[tuple[str, float]]:
 
 def check_checkpoint_vocabulary(ckpt_dir: str, vocabulary: str, setting: str) -> None:
     """Refuses a vocabulary given for a checkpoint that does not tokenise as the checkpoint's own
-    `spiece.model` (the same pieces with the same scores) or that its embedding cannot cover: the model would read and write token ids it was never
-    trained on, which decode to `⁇` without a word.
+    `spiece.model` (the same pieces with the same scores) or that its embedding cannot cover: the model would
+    read and write token ids it was never trained on, which decode to `⁇` without a word.
 
     Args:
         ckpt_dir: the model checkpoint.
@@ -113,7 +113,7 @@ def check_checkpoint_vocabulary(ckpt_dir: str, vocabulary: str, setting: str) ->
     if _tokenization(vocabulary) != _tokenization(own):
         raise CheckpointError(
             f"{setting} {vocabulary} is not the vocabulary of {ckpt_dir} (it differs from {own}): the model "
-            f"would read token ids it was not trained on and write '⁇'; use {own} or leave {setting} unset")
+            f"would read token ids it was not trained on and write '⁇'; point it at {own}")
 
 
 def save_checkpoint(ckpt_dir: str, params: Any, config: T5Config, vocab_path: str) -> None:
@@ -168,7 +168,8 @@ def _check_config_types(fields: dict[str, Any], path: str) -> None:
     accepted = {int: ((int,), "an integer"), float: ((int, float), "a number"), str: ((str,), "a string"),
                 bool: ((bool,), "true or false")}
     for field in dataclasses.fields(T5Config):
-        value, (types, name) = fields.get(field.name), accepted[field.type]
+        # t5.py does not postpone annotations, so each field's type is the class itself, never its name.
+        value, (types, name) = fields.get(field.name), accepted[cast(type, field.type)]
         if value is not None and not isinstance(value, types):
             raise CheckpointError(f"{path}: {field.name} is {value!r}, expected {name}")
 

@@ -38,8 +38,11 @@ class SamplingConfig:
 
 
 class DecodeResult(NamedTuple):
-    tokens: jax.Array  # [batch, num_decodes, length] generated ids, EOS included, padding (0) after it
-    log_likelihood: jax.Array  # [batch, num_decodes] summed log p of the generated tokens (temperature 1, unfiltered)
+    """Device arrays from `decode`, numpy arrays (on the host) from `generate`."""
+
+    tokens: jax.Array | np.ndarray  # [batch, num_decodes, length] generated ids, EOS included, padding (0) after it
+    # [batch, num_decodes] summed log p of the generated tokens (temperature 1, unfiltered)
+    log_likelihood: jax.Array | np.ndarray
 
 
 class _LoopState(NamedTuple):
@@ -184,7 +187,7 @@ def generate(
     rng = jax.random.key(seed)
     cache_length = batching.bucket_length(max_decode_length)
     # One argument type whatever integer type the caller passes, so no call compiles a second time.
-    eos_id = np.int32(model.config.eos_id if eos_id is None else eos_id)
+    eos = np.int32(model.config.eos_id if eos_id is None else eos_id)
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
     tokens = np.zeros((len(inputs), num_decodes, max_decode_length), np.int32)
     log_likelihood = np.zeros((len(inputs), num_decodes), np.float32)
@@ -194,7 +197,7 @@ def generate(
         example_ids = np.full(encoder_input_tokens.shape[0], -1, np.int32)
         example_ids[: len(chunk)] = chunk
         result = _jitted_decode(
-            graphdef, state, encoder_input_tokens, rng, example_ids, np.int32(max_decode_length), eos_id,
+            graphdef, state, encoder_input_tokens, rng, example_ids, np.int32(max_decode_length), eos,
             cache_length=cache_length, sampling=sampling, num_decodes=num_decodes,
         )
         tokens[chunk] = partitioning.to_host(result.tokens)[: len(chunk), :, :max_decode_length]

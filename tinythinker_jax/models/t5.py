@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.typing import ArrayLike
 
 from tinythinker_jax.models.dropout import Dropout
 from tinythinker_jax.partitioning import with_logical_constraint
@@ -140,7 +141,7 @@ def _param(rngs: nnx.Rngs, stddev: float, shape: tuple[int, ...], axes: tuple[st
     return nnx.Param(value, logical_axes=axes)
 
 
-def _mask_bias(mask: jax.Array) -> jax.Array:
+def _mask_bias(mask: ArrayLike) -> jax.Array:
     return jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)
 
 
@@ -200,8 +201,8 @@ class MultiHeadAttention(nnx.Module):
         `key` may hold one row per input while `query` [inputs x samples, 1, heads, kv] holds one per
         sample: the samples of an input then attend to its keys as several queries, so the encoder output's
         keys are stored and read once per input, not once per sample."""
-        rows, query_length, heads, kv = query.shape
-        query = query.reshape(key.shape[0], -1, heads, kv)
+        rows, query_length, num_heads, kv = query.shape
+        query = query.reshape(key.shape[0], -1, num_heads, kv)
         scores = jnp.einsum("bqhk,bhsk->bhqs", query, key).astype(jnp.float32) + bias
         weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         heads = jnp.einsum("bhqs,bhsk->bqhk", weights, value)

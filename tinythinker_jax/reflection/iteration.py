@@ -130,8 +130,8 @@ def check_settings(arguments: Mapping[str, Any]) -> None:
 @dataclasses.dataclass(frozen=True)
 class IterationResult:
     iteration: int
-    best_accuracy: float
-    best_step: int
+    best_accuracy: Optional[float]  # None (and best_step too) only when preempted before the first validation
+    best_step: Optional[int]
     pairs: dict[str, int]
     wall_seconds: dict[str, float]  # per step: generate, score, train
     preempted: bool = False
@@ -195,7 +195,8 @@ def run_iteration(
     rules = partitioning.standard_logical_axis_rules(parameter_partitioning_dims=parameter_partitioning_dims)
     pairs_dir = os.path.join(out_dir, "pairs")
     validate = functools.partial(
-        trainer.validation_accuracy, questions=tinythinker_tasks.load_questions(dataset, "validation")[:max_eval_questions],
+        trainer.validation_accuracy,
+        questions=tinythinker_tasks.load_questions(dataset, "validation")[:max_eval_questions],
         vocabulary=vocabulary, stage_type=chain_type, settings=chain_settings)
 
     with partitioning.activate(mesh, rules):

@@ -18,7 +18,20 @@ from tinythinker_jax import formats
 from tinythinker_jax.chains import Chain
 from tinythinker_jax.data.records import Question, Rationale
 
-T = TypeVar("T")
+# A closed text, or a tuple of closed analyses (one per option): hashable and sortable.
+T = TypeVar("T", str, tuple[str, ...])
+
+
+def _recall(chain: Chain) -> str:
+    """A sampled chain's recall; the chains here ran every stage, so each has one."""
+    assert chain.recall is not None, "a chain that skipped the recall stage"
+    return chain.recall
+
+
+def _analyses(chain: Chain) -> dict[str, str]:
+    """A sampled chain's analyses by option label; the chains here ran every stage, so each has them."""
+    assert chain.analyses is not None, "a chain that skipped the analyze stage"
+    return chain.analyses
 
 
 def _top_up(chosen: list[T], rejected: list[T], candidates: Sequence[T], rng: random.Random) -> list[T]:
@@ -80,8 +93,8 @@ def recall_pairs(question: Question, chains: Sequence[Chain], teacher_recalls: S
     Returns:
         Rows `{"prompt", "chosen", "rejected"}` with closed recall texts.
     """
-    chosen = {formats.close_sentence(chain.recall) for chain in chains if chain.prediction == question.answer}
-    rejected = {formats.close_sentence(chain.recall) for chain in chains if chain.prediction != question.answer}
+    chosen = {formats.close_sentence(_recall(chain)) for chain in chains if chain.prediction == question.answer}
+    rejected = {formats.close_sentence(_recall(chain)) for chain in chains if chain.prediction != question.answer}
     teacher = [formats.close_sentence(recall) for recall in teacher_recalls]
     prompt = formats.recall_input(question)
     return [{"prompt": prompt, "chosen": good, "rejected": bad}
@@ -117,8 +130,8 @@ def fallback_analyses(question: Question, recall: str, chains: Sequence[Chain],
         Analyses by option label, as they were generated or written.
     """
     recall = formats.close_sentence(recall)
-    student = [dict(chain.analyses) for chain in chains
-               if formats.close_sentence(chain.recall) == recall and chain.prediction == question.answer]
+    student = [dict(_analyses(chain)) for chain in chains
+               if formats.close_sentence(_recall(chain)) == recall and chain.prediction == question.answer]
     if student:
         return student
     return [dict(rationale.analyze) for rationale in teacher_rationales
@@ -146,13 +159,14 @@ def analyze_pairs(question: Question, recall: str, chains: Sequence[Chain],
         Rows `{"prompt", "chosen", "rejected"}` with closed analysis texts.
     """
     parsed = [chain for chain in chains if chain.prediction in question.labels]
-    chosen = {_analysis_tuple(question, c.analyses) for c in parsed if c.prediction == question.answer}
+    chosen = {_analysis_tuple(question, _analyses(c)) for c in parsed if c.prediction == question.answer}
     # The option a rejected tuple led to; the first chain wins, though with greedy summaries equal
     # tuples always lead to the same option.
     wrong_pick: dict[tuple[str, ...], str] = {}
     for chain in parsed:
         if chain.prediction != question.answer:
-            wrong_pick.setdefault(_analysis_tuple(question, chain.analyses), chain.prediction)
+            assert chain.prediction is not None  # `parsed` holds only chains that name an option
+            wrong_pick.setdefault(_analysis_tuple(question, _analyses(chain)), chain.prediction)
     top_up = [_analysis_tuple(question, analyses) for analyses in fallback]
     gold_index = question.labels.index(question.answer)
     rows = []

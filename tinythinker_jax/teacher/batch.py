@@ -26,7 +26,7 @@ def import_batch(path: str, cache: ResponseCache) -> dict[str, Any]:
         DataError: the file is missing, empty, binary or cut off, or a line is not a batch output line.
     """
     counts = collections.Counter(imported=0, already_cached=0, failed=0)
-    errors = collections.Counter()
+    errors: collections.Counter[str] = collections.Counter()
     for line, entry in iter_json_lines(path, allow_empty=False):
         if not isinstance(entry, dict) or not isinstance(entry.get("custom_id"), str):
             raise DataError(path, line, "custom_id", "missing: not a batch output line")

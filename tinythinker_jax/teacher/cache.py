@@ -56,9 +56,9 @@ class ResponseCache:
             raise DataError(self.path, line, None, f"holds NUL bytes, so it is a binary file; {_NOT_A_CACHE}")
         whole = data[:data.rfind(b"\n") + 1]
         tail = data[len(whole):]
-        for number, line in enumerate(whole.split(b"\n")[:-1], start=1):
-            if line.strip():
-                self._add(number, decode_text(self.path, line, first_line=number))
+        for number, raw in enumerate(whole.split(b"\n")[:-1], start=1):
+            if raw.strip():
+                self._add(number, decode_text(self.path, raw, first_line=number))
         if tail:
             line = whole.count(b"\n") + 1
             if not (tail.startswith(_ENTRY_START) or _ENTRY_START.startswith(tail)):

@@ -83,7 +83,8 @@ def api_key(settings: ClientSettings) -> str:
     if key:
         return key
     if settings.base_url is None or settings.base_url.rstrip("/") == OPENAI_BASE_URL:
-        raise MissingApiKey(f"set {settings.api_key_env} to your OpenAI API key (or pass --base_url for a local server)")
+        raise MissingApiKey(f"set {settings.api_key_env} to your OpenAI API key "
+                            "(or pass --base_url for a local server)")
     return "no-key"  # the SDK insists on a non-empty key; local servers ignore it
 
 
@@ -155,7 +156,8 @@ def fatal_reason(error: Exception, settings: ClientSettings) -> Optional[str]:
 
 
 class _Sender:
-    def __init__(self, cache: ResponseCache, settings: ClientSettings, model: str, total: int, progress: Optional[bool]):
+    def __init__(self, cache: ResponseCache, settings: ClientSettings, model: str, total: int,
+                 progress: Optional[bool]):
         import openai
         from tqdm import tqdm
 
@@ -168,7 +170,8 @@ class _Sender:
         self.semaphore = asyncio.Semaphore(settings.concurrency)
         self.counter = TokenCounter(model)
         self.stats = SendStats()
-        self.consecutive_failures = collections.Counter()  # by error, since the last answer
+        # By error, since the last answer.
+        self.consecutive_failures: collections.Counter[str] = collections.Counter()
         self.stopping = asyncio.Event()  # wakes requests waiting out a backoff once the run stops
         self.bar = tqdm(total=total, unit="req", desc="teacher", disable=None if progress is None else not progress)
 

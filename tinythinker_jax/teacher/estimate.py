@@ -24,7 +24,9 @@ def estimate(
     input_tokens = sum(counter.count_messages(r.body["messages"]) for r in to_send)
     samples = sum(r.body["n"] for r in to_send)
     reply_tokens = [counter.count_text(e.reply()) for e in exemplars]
-    per_sample = min(sampling.max_tokens, round(sum(reply_tokens) / len(reply_tokens))) if exemplars else sampling.max_tokens
+    per_sample = sampling.max_tokens
+    if exemplars:
+        per_sample = min(sampling.max_tokens, round(sum(reply_tokens) / len(reply_tokens)))
     expected_output, max_output = samples * per_sample, samples * sampling.max_tokens
     cost = pricing.cost_usd(prices, input_tokens, expected_output)
     return {

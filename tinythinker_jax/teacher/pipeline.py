@@ -50,7 +50,7 @@ class _Tally:
     def __init__(self, questions: Sequence[Question], sampling: Sampling, options: selection.Selection):
         self.sampling, self.options = sampling, options
         self.states = [_State(q, sampling.max_tokens) for q in questions]
-        self.filtered = collections.Counter({reason: 0 for reason in parsing.FORMAT_REASONS})
+        self.filtered = collections.Counter(dict.fromkeys(parsing.FORMAT_REASONS, 0))
         self.tokens = collections.Counter(prompt=0, completion=0)
 
     def choice(self, state: _State) -> selection.Choice:
@@ -143,8 +143,8 @@ def generate(
             stats.add(send(missing))
         for state, state_requests in planned:
             for request in state_requests:
-                if request.key in cache:
-                    tally.add_response(state, cache.get(request.key))
+                if (response := cache.get(request.key)) is not None:  # the cache holds no None responses
+                    tally.add_response(state, response)
         if send is None and missing:
             pending = missing
             break

@@ -114,7 +114,7 @@ def diversity_pick(rationales: Sequence[Rationale], k: int, rng: random.Random) 
     k, `rng.sample` tops the pick up from the others, as the notebook did with `random.sample`.
     """
     texts = [r.recall for r in rationales]
-    near = set()
+    near: set[int] = set()
     for i, j in itertools.combinations(range(len(texts)), 2):
         if levenshtein(texts[i], texts[j], LEVENSHTEIN_THRESHOLD) <= LEVENSHTEIN_THRESHOLD:
             near.update((i, j))

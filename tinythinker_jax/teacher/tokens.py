@@ -48,7 +48,8 @@ def _cached_encoding(model: str):
 class TokenCounter:
     def __init__(self, model: str):
         self._encoding = _cached_encoding(model)
-        self.method = f"tiktoken:{self._encoding.name}" if self._encoding else f"approximate:{CHARS_PER_TOKEN}_chars_per_token"
+        self.method = (f"tiktoken:{self._encoding.name}" if self._encoding
+                       else f"approximate:{CHARS_PER_TOKEN}_chars_per_token")
 
     def count_text(self, text: str) -> int:
         if self._encoding is not None:

@@ -58,7 +58,7 @@ class TrainCheckpoints:
             UserError: when no step restores; nothing is moved then, since a cause shared by every step (a
                 changed model config) is no damage.
         """
-        failures = []
+        failures: list[tuple[int, str]] = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 restored, error = self.restore(step, target), None

@@ -13,7 +13,7 @@ import math
 import os
 import signal
 import time
-from typing import Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, cast
 
 import jax
 import numpy as np
@@ -26,7 +26,6 @@ from tinythinker_jax.models import checkpoints as model_checkpoints
 from tinythinker_jax.models.t5 import T5Config, T5Transformer
 from tinythinker_jax.training import checkpointing, metrics, optimizers, schedule, streams
 from tinythinker_jax.training.step import LossFn, global_batch, make_train_step
-
 
 # XLA's status code for a failed device allocation.
 OUT_OF_MEMORY = "RESOURCE_EXHAUSTED"
@@ -69,7 +68,7 @@ class Preemption:
 class PendingMetrics:
     """Per-step device metrics, fetched together so the step loop never waits on the device."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.rows: list[tuple[int, str, dict[str, jax.Array]]] = []
         self.started = time.time()
 
@@ -95,7 +94,8 @@ class PendingMetrics:
         if "tokens" in fetched[0]:
             summary["tokens_per_second"] = float(sum(v["tokens"] for v in fetched)) / elapsed
         for stage in sorted({stage for _, stage, _ in self.rows}):
-            summary[f"loss/{stage}"] = float(np.mean([v["loss"] for (_, s, _), v in zip(self.rows, fetched) if s == stage]))
+            losses = [v["loss"] for (_, s, _), v in zip(self.rows, fetched) if s == stage]
+            summary[f"loss/{stage}"] = float(np.mean(losses))
         self.rows, self.started = [], time.time()
         return summary
 
@@ -148,9 +148,11 @@ class Loop:
             model_checkpoints.check_checkpoint_vocabulary(best, self.vocab_path, "the vocabulary (VOCABULARY_PATH)")
 
     def _run(self, checkpoints, writer, preemption) -> TrainResult:
-        graphdef, params, rest = nnx.split(self.model, nnx.Param, ...)
+        # Two filters split off exactly two states, which flax's variadic return annotation cannot say.
+        graphdef, params, rest = cast(tuple[nnx.GraphDef, nnx.State, nnx.State], nnx.split(self.model, nnx.Param, ...))
         opt_state = jax.jit(self.optimizer.transform.init)(params)
         rng = jax.random.key_data(jax.random.key(self.seed))
+        best: dict[str, Any]  # the best validation's accuracy (a float) and step (an int); None until one ran
         step, data_state, best = 0, schedule.BlockSchedule.initial_state(), {"accuracy": None, "step": None}
         restored = checkpoints.restore_latest({"params": params, "opt_state": opt_state, "rng": rng})
         if restored is not None:

@@ -53,7 +53,7 @@ class BlockSchedule:
                 consumed[name] = draw.batch_index + 1
                 return draw, {"epoch": epoch, "block": block, "in_block": in_block + 1, "consumed": consumed}
             block, in_block = (block + 1) % len(self.blocks), 0
-            if all(consumed.get(n, 0) >= self.num_batches[n] for n, l in self.blocks if l > 0):
+            if all(consumed.get(n, 0) >= self.num_batches[n] for n, length in self.blocks if length > 0):
                 epoch, block, consumed = epoch + 1, 0, {}
         raise AssertionError("unreachable: validated blocks always yield a batch")
 

@@ -5,6 +5,8 @@ Materialising the tokenised examples once makes the data position two integers
 process of a multi-host run computes the same order and takes its own rows of each global batch.
 """
 
+from typing import Optional
+
 import numpy as np
 
 from tinythinker_jax.data import lengths
@@ -36,7 +38,8 @@ class Stream:
                  weight_field: str = "decoder_loss_weights"):
         self.arrays, self.batch_size, self.seed, self.weight_field = arrays, batch_size, seed, weight_field
         self.num_examples = len(arrays["encoder_input_tokens"])
-        self._order_epoch, self._order = None, None
+        self._order_epoch: Optional[int] = None
+        self._order: Optional[np.ndarray] = None
 
     @property
     def num_batches(self) -> int:
@@ -47,6 +50,7 @@ class Stream:
             # numpy's PCG64 stream for a given seed is fixed across platforms and numpy versions.
             self._order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
             self._order_epoch = epoch
+        assert self._order is not None  # set whenever _order_epoch is, and no epoch equals the initial None
         return self._order
 
     def batch(self, epoch: int, index: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:

@@ -10,10 +10,10 @@ import os
 import time
 from typing import Any, Callable, Mapping, Optional
 
-import gin
 import jax
 import seqio
 
+import gin
 import tinythinker_tasks
 from tinythinker_jax import chains, evaluation, formats, gin_utils, memory, partitioning
 from tinythinker_jax.data import benchmarks, lengths, locations, prepare, records
