@@ -90,11 +90,29 @@ def run_pipeline(
     mesh_model: int = 1,
     parameter_partitioning_dims: int = 1,
 ) -> Optional[dict]:
-    """Runs (or continues) the pipeline; None when SIGTERM stopped it (run it again to resume). The test
-    split is evaluated on the mesh that `mesh_data`, `mesh_model` and `parameter_partitioning_dims` describe
-    (in gin, the training mesh's), greedily and, with `test_num_chains` > 1, by a self-consistency vote
-    whose chains sample `test_sampled_stages` at `test_temperature` (top_k 0) and decode the rest greedily:
-    by default the official code's recall and analyze at 0.7, the summary greedy."""
+    """Runs (or continues) the whole method: phase 1, `iterations` self-reflection iterations, the test
+    evaluation of every phase's best model, and `model_dir/report.md`. Each phase runs as gin configures
+    `trainer.train` and `iteration.run_iteration`; finished phases are found by their markers and skipped.
+
+    Args:
+        model_dir: The run directory (`MODEL_DIR`): `sft/`, `reflect/iteration_<i>/`, `pipeline.json`, the report.
+        mixture_or_task_name: The stage mixture (it names the dataset and the chain's stage type).
+        iterations: Self-reflection iterations after phase 1 (0: phase 1 only).
+        test_num_chains: Chains per test question for the self-consistency vote (0 or 1: greedy only).
+        test_temperature: The sampling temperature of the vote's sampled stages (top_k 0).
+        test_sampled_stages: The stages the vote's chains sample (default: the official recall and analyze;
+            the summary greedy).
+        max_test_questions: Test questions (default: all).
+        data_dir: The prepared dataset directory.
+        chain_settings: Decoding limits of the test chains.
+        mesh_data: Devices on the `data` axis of the test evaluation's mesh (in gin, the training mesh's).
+        mesh_model: Devices on its `model` axis.
+        parameter_partitioning_dims: 2 also splits every parameter's `embed` axis over `data`.
+
+    Returns:
+        The pipeline's state as `pipeline.json` records it, or None when SIGTERM stopped it (run it again to
+        resume).
+    """
     check_settings(locals())  # first: locals() holds exactly the arguments
     trainer.require_model_dir(run_pipeline, model_dir)
     started = time.time()

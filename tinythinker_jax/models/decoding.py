@@ -180,9 +180,25 @@ def generate(
     eos_id: int | None = None, max_input_length: int | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> DecodeResult:
-    """Decodes every token-id list in `inputs`; numpy results in input order, `max_decode_length` wide.
-    `max_input_length`: the longest input the caller ever sends, the largest input bucket. `on_batch` is
-    called with the number of inputs decoded so far after each batch (whose results are on the host then)."""
+    """Decodes every token-id list in `inputs` with the KV cache, in batches of similar lengths.
+
+    Args:
+        model: The T5 model (its parameters may be sharded over the active mesh).
+        inputs: Encoder token ids per input, each ending with EOS.
+        max_decode_length: Tokens generated per row at most; a row stops at EOS.
+        sampling: Greedy (the default) or temperature / top-k / top-p sampling.
+        num_decodes: Samples per input, which share the input's encoder pass and cross-attention keys.
+        seed: The sampling seed; row r of input i always takes the same random stream.
+        batch_size: Inputs per call (times `num_decodes` rows).
+        eos_id: The end-of-sequence id (default: the model config's).
+        max_input_length: The longest input the caller ever sends: the largest input shape bucket.
+        on_batch: Called with the number of inputs decoded so far after each batch (its results are on the
+            host then), e.g. to move a progress bar.
+
+    Returns:
+        numpy `tokens` (inputs, num_decodes, max_decode_length), padded after EOS, and the `log_likelihood` of
+        each row, in input order.
+    """
     graphdef, state = nnx.split(model)
     rng = jax.random.key(seed)
     cache_length = batching.bucket_length(max_decode_length)

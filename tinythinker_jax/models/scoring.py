@@ -76,10 +76,23 @@ def score(
     model: T5Transformer, inputs: Sequence[Sequence[int]], targets: Sequence[Sequence[int]], *,
     batch_size: int = 32, max_input_length: int | None = None, max_target_length: int | None = None,
 ) -> np.ndarray:
-    """Summed target log-likelihood of each (input, target) token-id pair, in order, as float32 numpy.
+    """Summed target log-likelihood of each (input, target) token-id pair (teacher forcing).
 
-    Pairs are grouped by length and padded to shape buckets, so a file compiles a handful of times; the
-    caller's maximum lengths, when given, are the largest buckets.
+    Pairs are grouped by length and padded to shape buckets, so a file compiles a handful of times.
+
+    Args:
+        model: The T5 model.
+        inputs: Encoder token ids per pair.
+        targets: Target token ids per pair (the decoder reads them shifted right).
+        batch_size: Pairs per call.
+        max_input_length: The longest input the caller ever sends, the largest input bucket.
+        max_target_length: The same for targets.
+
+    Returns:
+        float32 numpy, one log-likelihood per pair, in order.
+
+    Raises:
+        ValueError: When `inputs` and `targets` differ in length.
     """
     if len(inputs) != len(targets):
         raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")

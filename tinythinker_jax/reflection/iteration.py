@@ -163,8 +163,40 @@ def run_iteration(
     keep_checkpoints: int = 2,
     log_every: int = 10,
 ) -> IterationResult:
-    """Iteration `iteration` (1, 2, ...) under `model_dir`; `max_questions` samples on the first training
-    questions that have teacher records only (the paper uses all of them)."""
+    """Phase 2, one self-reflection iteration: sample chains with M(i-1), build recall and analyze pairs,
+    score them with the frozen reference, train M(i) with DPO plus NLL, keep its best by validation.
+
+    Every step leaves a marker under `model_dir/reflect/iteration_<i>`, so the same call resumes.
+
+    Args:
+        model_dir: The pipeline's run directory (`MODEL_DIR`); phase 1 must be finished in `model_dir/sft`.
+        iteration: 1, 2, ...: iteration i starts from the best model of iteration i - 1 (phase 1 for 1).
+        mixture_or_task_name: The stage mixture phase 1 trained on (it names the dataset).
+        model_config: The student (its shape must be M(i-1)'s; dtype and dropout apply).
+        task_feature_lengths: None (pair sets as wide as their longest pair) or explicit lengths, cuts counted.
+        stage_type: Which pairs train: `recall_analyze` (the paper), `recall` or `analyze` (ablations).
+        batch_size: Pairs per DPO step.
+        rounds: Passes of the block schedule (the paper's 10); validation after each.
+        beta: DPO's beta.
+        alpha: The weight of the NLL term on the chosen text (RPO).
+        data_dir: The prepared dataset directory.
+        vocabulary_path: The SentencePiece model of the data, as in phase 1.
+        sampling_settings: Chains per question, temperature and chunking of the sampling step.
+        chain_settings: Decoding limits of the sampled and the validation chains.
+        create_optimizer: Builds the optimizer for the total number of steps.
+        max_questions: Sample only the first N training questions with teacher records (the paper: all).
+        max_eval_questions: Validation questions per validation (default: all).
+        seed: Sampling, data order and dropout.
+        mesh_data: Devices on the mesh's `data` axis (-1: the rest).
+        mesh_model: Devices on the mesh's `model` axis.
+        parameter_partitioning_dims: 2 also splits every parameter's `embed` axis over `data`.
+        keep_checkpoints: Training checkpoints kept.
+        log_every: Steps between metric fetches.
+
+    Returns:
+        The iteration, its best validation accuracy and step (None when SIGTERM stopped it first), the pair
+        counts, the wall time of each step and whether it was stopped.
+    """
     check_settings(locals())  # first: locals() holds exactly the arguments
     if not (gin_utils.is_int(iteration) and iteration >= 1):
         raise UserError(f"{gin_utils.setting_name(run_iteration, 'iteration', default='ITERATION')} is "

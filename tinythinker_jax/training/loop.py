@@ -102,7 +102,28 @@ class PendingMetrics:
 
 @dataclasses.dataclass
 class Loop:
-    """What a run trains on and how it is judged; `run` does the rest."""
+    """The training loop of both phases: what a run trains on and how it is judged; `run` does the rest.
+
+    Attributes:
+        model_dir: Where checkpoints, `best/`, metrics and TensorBoard events go.
+        name: The run's name in the progress bar and messages (`sft`, `reflect 1`).
+        model: The model to train (its parameters already on `mesh`).
+        model_config: Saved with the best model.
+        vocab_path: The data's SentencePiece model, saved with the best model.
+        optimizer: The update rule and its learning-rate schedule.
+        loss_fn: (model, batch, dropout rng) -> (loss, metrics).
+        streams: One batch stream per stage (or pair set), by name.
+        blocks: Which stream each step draws from, and the epoch and batch it takes.
+        total_steps: Steps in all.
+        eval_every: Steps between validations (one also comes at the end).
+        validate: The validation accuracy of a model; the best model is the one it ranks highest.
+        mesh: The device mesh.
+        rules: The logical-axis rules on it.
+        batch_size: Rows per step (for the examples-per-second figure and messages).
+        seed: The dropout seed.
+        keep_checkpoints: Training checkpoints kept.
+        log_every: Steps between metric fetches.
+    """
 
     model_dir: str
     name: str  # for the progress bar and messages
@@ -124,6 +145,15 @@ class Loop:
     log_every: int = 10
 
     def run(self) -> TrainResult:
+        """Trains from the latest intact checkpoint (or the start) to `total_steps`, or until SIGTERM.
+
+        Returns:
+            The steps done, the best validation accuracy and its step, and whether SIGTERM stopped it.
+
+        Raises:
+            FloatingPointError: At the first non-finite loss or gradient norm (nothing is saved).
+            UserError: When a device runs out of memory.
+        """
         checkpoints = checkpointing.TrainCheckpoints(self.model_dir, self.keep_checkpoints)
         writer = metrics.MetricsWriter(self.model_dir)
         preemption = Preemption()

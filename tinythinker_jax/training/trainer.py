@@ -110,10 +110,38 @@ def train(
     create_optimizer: Callable[[int], optimizers.Optimizer] = optimizers.create_optimizer,
     chain_settings: chains.ChainSettings = chains.ChainSettings(),
 ) -> TrainResult:
-    """Trains on `tinythinker.<dataset>.<stage_type>_stages`; `train_steps` (if set) overrides `epochs`.
+    """Phase 1: SFT on the interleaved stage streams of `tinythinker.<dataset>.<stage_type>_stages`.
 
-    Evaluation and checkpoints come every cycle of blocks (`eval_every` overrides) and at the end; a
-    finished run writes `done.json` (its best model is then M(0) for self-reflection).
+    Validation (the full greedy chain) and a checkpoint come every cycle of blocks and at the end; the best
+    model by validation accuracy is kept in `model_dir/best`. A finished run writes `done.json` (its best
+    model is then M(0) for self-reflection); the same call resumes an interrupted one.
+
+    Args:
+        model_dir: The run directory (`MODEL_DIR`): checkpoints, `best/`, metrics, `data_stats.json`, gin configs.
+        mixture_or_task_name: The stage mixture, e.g. `tinythinker.csqa.full_stages`.
+        model_config: The student's shape and compute dtype.
+        task_feature_lengths: None (each stream as wide as its longest example) or explicit `inputs`/`targets`
+            lengths; what they cut is printed and counted in `data_stats.json`.
+        batch_size: Examples per step.
+        train_steps: Steps in all; overrides `epochs` when set.
+        epochs: Passes over the largest stream, in steps of the block schedule.
+        interval: Steps per block (the paper's 100): recall x interval, analyze x options x interval, summarize.
+        initial_checkpoint_path: A model checkpoint to start from (`tinythinker convert`), else random weights.
+        data_dir: The prepared dataset directory (default: under `TINYTHINKER_DATA_ROOT`).
+        vocabulary_path: The SentencePiece model of the data (default: `TINYTHINKER_VOCABULARY` or T5's).
+        seed: Initialisation, data order and dropout.
+        mesh_data: Devices on the mesh's `data` axis (-1: the rest).
+        mesh_model: Devices on the mesh's `model` axis.
+        parameter_partitioning_dims: 2 also splits every parameter's `embed` axis over `data` (FSDP-like).
+        keep_checkpoints: Training checkpoints kept (the best model is kept apart).
+        eval_every: Steps between validations (default: one cycle of blocks).
+        max_eval_questions: Validation questions per validation (default: all).
+        log_every: Steps between metric fetches (the only host syncs of the loop).
+        create_optimizer: Builds the optimizer for the total number of steps.
+        chain_settings: Decoding limits of the validation chains.
+
+    Returns:
+        The steps done, the best validation accuracy and its step, and whether SIGTERM stopped the run.
     """
     check_settings(locals())  # first: locals() holds exactly the arguments
     require_model_dir(train, model_dir)
