@@ -3,11 +3,11 @@
 Every parameter carries `logical_axes` metadata (`embed`, `mlp`, `heads`, `kv`, `vocab`, ...) and the model
 marks its main activations with `with_logical_constraint`. A list of rules maps those names to mesh axes, so
 one model runs on one CPU, fake host devices, a GPU or a TPU slice, with data, model or data+parameter
-(FSDP-like) sharding chosen in gin:
+(FSDP-like) sharding chosen by the run gins' macros (`gin/runs/*.gin`), which every phase passes here:
 
-    partitioning.create_mesh.data = -1
-    partitioning.create_mesh.model = 2
-    partitioning.standard_logical_axis_rules.parameter_partitioning_dims = 2
+    MESH_DATA = -1                   # create_mesh(data=...): the rest of the devices
+    MESH_MODEL = 2                   # create_mesh(model=...)
+    PARAMETER_PARTITIONING_DIMS = 2  # standard_logical_axis_rules(parameter_partitioning_dims=...)
 
 Activations are only constrained inside `activate(mesh, rules)`; outside it the model runs unsharded.
 """

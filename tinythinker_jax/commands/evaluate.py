@@ -20,6 +20,8 @@ from tinythinker_jax.data import benchmarks
 from tinythinker_jax.errors import UserError
 
 STAGES = (formats.RECALL, formats.ANALYZE, formats.SUMMARIZE)
+# The flags that set a `chains.ChainSettings` field of the same name.
+CHAIN_FLAGS = ("max_input_length", "max_decode_length", "max_summary_length", "batch_size")
 
 
 def _evaluate(args) -> int:
@@ -42,9 +44,8 @@ def _evaluate(args) -> int:
                 args.dataset, args.stage_type), output_dir=args.out_dir, split=args.split, num_chains=args.num_chains,
             sampling=_sampling(args, evaluation.default_sampling(args.num_chains)),
             sampled_stages=args.sampled_stages,
-            chain_settings=chains.ChainSettings(
-                max_input_length=args.max_input_length, max_decode_length=args.max_decode_length,
-                max_summary_length=args.max_summary_length, batch_size=args.batch_size),
+            chain_settings=chains.ChainSettings(**{  # a flag not given keeps the ChainSettings default
+                name: getattr(args, name) for name in CHAIN_FLAGS if getattr(args, name) is not None}),
             data_dir=args.data_dir, max_questions=args.max_questions, seed=args.seed, dtype=args.dtype,
             mesh_data=args.mesh_data, mesh_model=args.mesh_model,
             parameter_partitioning_dims=args.parameter_partitioning_dims)
@@ -93,11 +94,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max_input_length", type=positive_int,
                         help="cut longer stage inputs to this many tokens and count them in the summary "
                              "(default: no cut, as the official code)")
-    parser.add_argument("--max_decode_length", type=positive_int, default=200,
+    parser.add_argument("--max_decode_length", type=positive_int,
                         help="tokens a recall or analysis may run to (default: 200, the official limit)")
-    parser.add_argument("--max_summary_length", type=positive_int, default=200,
+    parser.add_argument("--max_summary_length", type=positive_int,
                         help="tokens a summary may run to (default: 200, the official limit)")
-    parser.add_argument("--batch_size", type=positive_int, default=64)
+    parser.add_argument("--batch_size", type=positive_int, help="decoded rows per call (default: 64)")
     parser.add_argument("--dtype", help="compute dtype, e.g. bfloat16 on accelerators (default: as saved)")
     parser.add_argument("--mesh_data", type=positive_int_or_all, default=-1,
                         help="the mesh's 'data' axis (-1: the devices left)")

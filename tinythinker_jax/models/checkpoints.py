@@ -29,7 +29,6 @@ from tinythinker_jax.models.t5 import T5Config, T5Transformer, abstract_model
 CONFIG_FILE = "t5_config.json"
 VOCAB_FILE = "spiece.model"
 PARAMS_DIR = "params"
-EXTRA_IDS = 100  # T5's sentinel tokens, appended after the SentencePiece pieces
 
 
 class CheckpointError(UserError, ValueError):
@@ -47,10 +46,10 @@ def error_summary(error: BaseException) -> str:
 
 def check_vocab_fits(num_pieces: int, config: T5Config, vocab_path: str) -> None:
     """The embedding may have spare rows (t5 pads 32100 ids to 32128), never too few."""
-    needed = num_pieces + EXTRA_IDS
+    needed = num_pieces + locations.EXTRA_IDS
     if needed > config.vocab_size:
         raise CheckpointError(
-            f"{vocab_path} defines {num_pieces} pieces + {EXTRA_IDS} extra ids = {needed} token ids, "
+            f"{vocab_path} defines {num_pieces} pieces + {locations.EXTRA_IDS} extra ids = {needed} token ids, "
             f"but the model's embedding has only {config.vocab_size} rows"
         )
 
@@ -193,7 +192,7 @@ def load_vocabulary(ckpt_dir: str):
     """The checkpoint's `seqio.SentencePieceVocabulary`, checked as `checked_vocab_path` checks it."""
     import seqio
 
-    return seqio.SentencePieceVocabulary(checked_vocab_path(ckpt_dir), extra_ids=EXTRA_IDS)
+    return seqio.SentencePieceVocabulary(checked_vocab_path(ckpt_dir), extra_ids=locations.EXTRA_IDS)
 
 
 def restore_params(ckpt_dir: str, target: nnx.State) -> nnx.State:

@@ -36,7 +36,8 @@ from tinythinker_jax.training.checkpointing import read_marker, read_marker_befo
 SFT = "sft"
 # Which pair sets DPO trains on (the paper's ablations); both are always generated, since analyze
 # pairs start from the chosen recalls.
-STAGE_TYPES = {"recall": ("recall",), "analyze": ("analyze",), "recall_analyze": ("recall", "analyze")}
+# The pair sets each phase-2 stage type trains on (`formats.STAGE_TYPES` are the chain's stage types).
+PAIR_STAGE_TYPES = {"recall": ("recall",), "analyze": ("analyze",), "recall_analyze": ("recall", "analyze")}
 
 
 def sft_dir(model_dir: str) -> str:
@@ -66,7 +67,7 @@ def pair_blocks(counts: dict[str, int], stage_type: str, batch_size: int) -> tup
 
     Args:
         counts: Pairs per stage (`recall`, `analyze`).
-        stage_type: A key of `STAGE_TYPES`: the pair sets trained.
+        stage_type: A key of `PAIR_STAGE_TYPES`: the pair sets trained.
         batch_size: Pairs per step.
 
     Returns:
@@ -75,7 +76,7 @@ def pair_blocks(counts: dict[str, int], stage_type: str, batch_size: int) -> tup
     lengths = {stage: counts[stage] // batch_size + 1 for stage in ("recall", "analyze")}
     if stage_type == "recall_analyze" and counts["recall"] > 0:
         lengths["analyze"] = (counts["analyze"] // counts["recall"] + 1) * lengths["recall"]
-    return tuple((stage, lengths[stage]) for stage in STAGE_TYPES[stage_type] if counts[stage] > 0)
+    return tuple((stage, lengths[stage]) for stage in PAIR_STAGE_TYPES[stage_type] if counts[stage] > 0)
 
 
 def training_steps(blocks: tuple[tuple[str, int], ...], rounds: int) -> tuple[int, int]:
@@ -109,7 +110,7 @@ def check_settings(arguments: Mapping[str, Any]) -> None:
     """
     fn = run_iteration
     evaluation.require_stage_mixture(fn, arguments["mixture_or_task_name"])
-    gin_utils.require_choice(fn, "stage_type", arguments["stage_type"], STAGE_TYPES)
+    gin_utils.require_choice(fn, "stage_type", arguments["stage_type"], PAIR_STAGE_TYPES)
     gin_utils.require_positive(fn, {name: arguments[name] for name in (
         "batch_size", "rounds", "max_questions", "keep_checkpoints", "log_every")}, optional=("max_questions",))
     trainer.require_eval_questions(fn, arguments["max_eval_questions"])
@@ -254,7 +255,7 @@ def run_iteration(
                                                  vocabulary.sentencepiece_model_file, scored)
             return name
 
-        stages = [stage for stage in STAGE_TYPES[stage_type] if counts[stage] > 0]
+        stages = [stage for stage in PAIR_STAGE_TYPES[stage_type] if counts[stage] > 0]
         scored = read_marker_before_the_step(os.path.join(pairs_dir, "scored.json"))
         if scored is None:
             started, reference = time.time(), load_reference()
@@ -291,7 +292,7 @@ def run_iteration(
             result = loop.Loop(
                 model_dir=out_dir, name=f"reflect {iteration}", model=load_reference(), model_config=model_config,
                 vocab_path=vocabulary.sentencepiece_model_file, optimizer=create_optimizer(total_steps),
-                loss_fn=losses.dpo_loss_fn(beta, alpha), streams=pair_streams, blocks=block_schedule,
+                loss_fn=losses.dpo_loss_fn(beta, alpha), batch_streams=pair_streams, blocks=block_schedule,
                 total_steps=total_steps, eval_every=round_steps, validate=validate, mesh=mesh, rules=rules,
                 batch_size=batch_size, seed=seed, keep_checkpoints=keep_checkpoints, log_every=log_every,
             ).run()

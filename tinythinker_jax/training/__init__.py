@@ -1,1 +1,2 @@
-"""Phase 1 (SFT) training: stage streams, their block schedule, the trainer and evaluation."""
+"""The training loop both phases share (`loop`, `step`, `checkpointing`, `optimizers`, `metrics`) and phase 1
+(SFT): its stage streams, their block schedule and the trainer."""

@@ -112,7 +112,7 @@ class Loop:
         vocab_path: The data's SentencePiece model, saved with the best model.
         optimizer: The update rule and its learning-rate schedule.
         loss_fn: (model, batch, dropout rng) -> (loss, metrics).
-        streams: One batch stream per stage (or pair set), by name.
+        batch_streams: One batch stream per stage (or pair set), by name.
         blocks: Which stream each step draws from, and the epoch and batch it takes.
         total_steps: Steps in all.
         eval_every: Steps between validations (one also comes at the end).
@@ -132,7 +132,7 @@ class Loop:
     vocab_path: str  # saved with the best model
     optimizer: optimizers.Optimizer
     loss_fn: LossFn
-    streams: Mapping[str, streams.Stream]
+    batch_streams: Mapping[str, streams.Stream]
     blocks: schedule.BlockSchedule
     total_steps: int
     eval_every: int
@@ -222,7 +222,7 @@ class Loop:
         stop = False
         while step < self.total_steps and not stop:
             draw, data_state = self.blocks.next(data_state)
-            local = self.streams[draw.stream].batch(draw.epoch, draw.batch_index, jax.process_index(),
+            local = self.batch_streams[draw.stream].batch(draw.epoch, draw.batch_index, jax.process_index(),
                                                     jax.process_count())
             params, opt_state, values = train_step(
                 params, opt_state, global_batch(local, self.mesh, self.rules), step, rng_key)

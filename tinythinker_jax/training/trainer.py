@@ -174,7 +174,7 @@ def train(
         result = loop.Loop(
             model_dir=model_dir, name="sft", model=model, model_config=model_config,
             vocab_path=vocabulary.sentencepiece_model_file, optimizer=create_optimizer(total_steps),
-            loss_fn=losses.sft_loss, streams=stage_streams, blocks=blocks, total_steps=total_steps,
+            loss_fn=losses.sft_loss, batch_streams=stage_streams, blocks=blocks, total_steps=total_steps,
             eval_every=eval_every or blocks.cycle_steps, validate=validate, mesh=mesh, rules=rules,
             batch_size=batch_size, seed=seed, keep_checkpoints=keep_checkpoints, log_every=log_every,
         ).run()
