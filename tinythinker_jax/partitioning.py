@@ -152,6 +152,20 @@ def create_sharded_model(create_fn: Callable[[], nnx.Module], mesh: Mesh, rules:
     return nnx.merge(graphdef, state)
 
 
+def restore_target(tree: Any) -> Any:
+    """Abstract arrays shaped, typed and laid out like `tree`'s, for Orbax to restore into.
+
+    An array without a sharding lands on this host's first device: without a target sharding Orbax would
+    reuse the devices of the run that saved it, which a checkpoint written on another topology (a multi-host
+    job) does not have here.
+    """
+    def abstract(x: Any) -> jax.ShapeDtypeStruct:
+        sharding = getattr(x, "sharding", None) or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+    return jax.tree.map(abstract, tree)
+
+
 def batch_sharding(mesh: Mesh, rules: LogicalRules, ndim: int = 2) -> NamedSharding:
     """Sharding of a (batch, length, ...) input array."""
     return NamedSharding(mesh, logical_to_mesh_axes((("batch", "length") + (None,) * ndim)[:ndim], rules))

@@ -197,14 +197,7 @@ def load_vocabulary(ckpt_dir: str):
 
 def restore_params(ckpt_dir: str, target: nnx.State) -> nnx.State:
     """Fills `target` (an abstract or concrete state, possibly sharded) in place from the checkpoint."""
-
-    def restore_as(x: Any) -> jax.ShapeDtypeStruct:
-        # Without a target sharding Orbax would reuse the saving run's devices, which a checkpoint written by
-        # a multi-host job does not have here: unsharded targets land on this host's first device.
-        sharding = getattr(x, "sharding", None) or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-
-    abstract = jax.tree.map(restore_as, nnx.to_pure_dict(target))
+    abstract = partitioning.restore_target(nnx.to_pure_dict(target))
     params_dir = os.path.join(os.path.abspath(ckpt_dir), PARAMS_DIR)
     if not os.path.isdir(params_dir):
         raise CheckpointError(f"{ckpt_dir} is not a model checkpoint: {PARAMS_DIR}/ is missing")

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from tinythinker_jax import partitioning
 from tinythinker_jax.data import records
 from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import checkpoints as model_checkpoints
@@ -98,10 +99,8 @@ class TrainCheckpoints:
 
     def restore(self, step: int, target: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Arrays shaped and sharded like `target`, and the JSON info."""
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), target)
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            arrays=ocp.args.StandardRestore(abstract), info=ocp.args.JsonRestore()))
+            arrays=ocp.args.StandardRestore(partitioning.restore_target(target)), info=ocp.args.JsonRestore()))
         return restored["arrays"], restored["info"]
 
     def close(self) -> None:
