@@ -25,7 +25,7 @@ from tinythinker_jax.data.toyworld import ToyWorld
 from tinythinker_jax.models import decoding, testing
 from tinythinker_jax.reflection import losses
 from tinythinker_jax.training import optimizers
-from tinythinker_jax.training.step import global_batch, make_train_step
+from tinythinker_jax.training.step import make_train_step
 
 
 class Vocabulary:
@@ -90,7 +90,7 @@ def dpo_examples_per_second(model, args) -> float:
         graphdef, params, rest = nnx.split(partitioning.shard_model(model, mesh, rules), nnx.Param, ...)
         opt_state = jax.jit(optimizer.transform.init)(params)
         step_fn = make_train_step(graphdef, rest, optimizer.transform, losses.dpo_loss_fn(0.5, 0.5))
-        batch_arrays = global_batch(batch, mesh, rules)
+        batch_arrays = partitioning.global_batch(batch, mesh, rules)
         state = {"params": params, "opt_state": opt_state, "step": 0}
 
         def step():

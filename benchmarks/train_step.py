@@ -19,7 +19,7 @@ from flax import nnx
 from tinythinker_jax import partitioning
 from tinythinker_jax.models import scoring
 from tinythinker_jax.training import losses, optimizers
-from tinythinker_jax.training.step import global_batch, make_train_step
+from tinythinker_jax.training.step import make_train_step
 
 # Dense bf16 peak FLOP/s by `device_kind` prefix.
 PEAK_FLOPS = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12, "TPU v4": 275e12,
@@ -78,7 +78,7 @@ def main() -> None:
         graphdef, params, rest = nnx.split(partitioning.shard_model(model, mesh, rules), nnx.Param, ...)
         opt_state = jax.jit(optimizer.transform.init)(params)
         train_step = make_train_step(graphdef, rest, optimizer.transform, losses.sft_loss)
-        batch_arrays = global_batch(batch, mesh, rules)
+        batch_arrays = partitioning.global_batch(batch, mesh, rules)
         rng = jax.random.key(0)
         state = {"params": params, "opt_state": opt_state, "step": 0}
 

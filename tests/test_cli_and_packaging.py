@@ -106,7 +106,7 @@ def test_the_wheel_holds_every_module_and_runs_gin_configured_commands_anywhere(
 def test_evaluate_joins_a_multi_process_run_on_the_mesh_it_is_given(monkeypatch, capsys):
     import jax
 
-    from tinythinker_jax import evaluation
+    from tinythinker_jax import evaluation, partitioning
 
     joined, evaluated = [], {}
     monkeypatch.setattr(jax.distributed, "initialize", lambda *args: joined.append(args))
@@ -116,5 +116,4 @@ def test_evaluate_joins_a_multi_process_run_on_the_mesh_it_is_given(monkeypatch,
                      "--num_processes", "2", "--coordinator_address", "host:1234", "--process_id", "1",
                      "--mesh_model", "4", "--parameter_partitioning_dims", "2"]) == 0
     assert joined == [("host:1234", 2, 1)]
-    assert {key: evaluated[key] for key in ("mesh_data", "mesh_model", "parameter_partitioning_dims")} == \
-        {"mesh_data": -1, "mesh_model": 4, "parameter_partitioning_dims": 2}
+    assert evaluated["partitioner"] == partitioning.Partitioner(data=-1, model=4, parameter_partitioning_dims=2)

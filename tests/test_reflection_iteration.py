@@ -208,6 +208,7 @@ jax.distributed.initialize("127.0.0.1:" + sys.argv[1], num_processes=2, process_
 from jax.experimental import multihost_utils
 sys.path.insert(0, {tests!r})
 from test_reflection_iteration import metrics, run
+from tinythinker_jax.partitioning import Partitioner
 from tinythinker_jax.reflection import iteration
 from tinythinker_jax.training import trainer
 if jax.process_index() == 0:
@@ -220,7 +221,8 @@ else:  # a slower host, 3 s behind process 0 from the data's preparation on
     setup_data = trainer.setup_data
     trainer.setup_data = lambda *args, **kwargs: (setup_data(*args, **kwargs), time.sleep(3))[0]
 multihost_utils.sync_global_devices("copied")
-run({target!r}, {data_dir!r}, mesh_data=4, mesh_model=2, max_eval_questions=0)  # validation: the SFT tests
+# Validation is left to the SFT tests.
+run({target!r}, {data_dir!r}, partitioner=Partitioner(data=4, model=2), max_eval_questions=0)
 print("LOSSES" + json.dumps([m["loss"] for m in metrics({target!r})]))
 """
 

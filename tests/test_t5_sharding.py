@@ -126,3 +126,22 @@ def test_mesh_shape_must_use_every_device():
     assert partitioning.create_mesh().shape == {"data": jax.device_count(), "model": 1}
     with pytest.raises(ValueError, match="does not use all"):
         partitioning.create_mesh(data=jax.device_count() + 1, model=1)
+
+
+def test_the_partitioner_makes_its_mesh_on_first_use_and_gives_each_process_its_rows(monkeypatch):
+    """Gin builds the partitioner while it parses, before a multi-host run has joined its processes: nothing
+    may touch a device then. Each process feeds an equal, disjoint share of a global batch, in order."""
+    import jax
+    import pytest
+
+    partitioner = partitioning.Partitioner(data=-1, model=1)
+    assert "mesh" not in vars(partitioner)
+    assert partitioner.mesh.shape == {"data": jax.device_count(), "model": 1} and "mesh" in vars(partitioner)
+    monkeypatch.setattr(jax, "process_count", lambda: 4)
+    shares = []
+    for index in range(4):
+        monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+        shares.append(partitioner.local_rows(32))
+    assert shares == [slice(0, 8), slice(8, 16), slice(16, 24), slice(24, 32)]
+    with pytest.raises(ValueError, match="a batch of 30 rows is not divisible by 4 processes"):
+        partitioner.local_rows(30)

@@ -138,11 +138,12 @@ SHARDED_SCRIPT = """
 import json, sys
 sys.path.insert(0, {tests!r})
 from test_trainer import losses, train_tiny
+from tinythinker_jax.partitioning import Partitioner
 out = {{}}
 for data, model in ((8, 1), (4, 2), (2, 4)):
     model_dir = {tmp!r} + f"/mesh_{{data}}x{{model}}"
     # Losses only: the two-process test evaluates on a mesh, so these runs skip evaluation's compiles.
-    train_tiny(model_dir, {data_dir!r}, mesh_data=data, mesh_model=model, max_eval_questions=0)
+    train_tiny(model_dir, {data_dir!r}, partitioner=Partitioner(data=data, model=model), max_eval_questions=0)
     out[f"{{data}}x{{model}}"] = losses(model_dir)
 print("LOSSES" + json.dumps(out))
 """

@@ -115,16 +115,14 @@ def evaluate(
 
 def evaluate_checkpoint_on_mesh(
     checkpoint_path: str, questions: Sequence[Question], out_dir: str, settings: chains.ChainSettings, *, split: str,
-    stage_type: str = "full", num_chains: int = 1, seed: int = 0, dtype: Optional[str] = None, mesh_data: int = -1,
-    mesh_model: int = 1, parameter_partitioning_dims: int = 1, extra_summary: Optional[dict] = None,
+    stage_type: str = "full", num_chains: int = 1, seed: int = 0, dtype: Optional[str] = None,
+    partitioner: partitioning.Partitioner = partitioning.Partitioner(), extra_summary: Optional[dict] = None,
 ) -> EvaluationResult:
-    """`evaluate` with the checkpoint's model laid out on a ('data', 'model') mesh of every device, as training
-    lays it out, so that a model too large for one device is evaluated too. Every process must run it.
-    The summary records each stage's sampling settings."""
-    mesh = partitioning.create_mesh(data=mesh_data, model=mesh_model)
-    rules = partitioning.standard_logical_axis_rules(parameter_partitioning_dims=parameter_partitioning_dims)
-    with partitioning.activate(mesh, rules):
-        model = checkpoints.load_model(checkpoint_path, dtype=dtype, mesh=mesh, rules=rules)
+    """`evaluate` with the checkpoint's model laid out on the partitioner's mesh, as training lays it out, so
+    that a model too large for one device is evaluated too. Every process must run it. The summary records
+    each stage's sampling settings."""
+    with partitioner.activate():
+        model = checkpoints.load_model(checkpoint_path, dtype=dtype, mesh=partitioner.mesh, rules=partitioner.rules)
         runner = chains.ChainRunner(model, checkpoints.load_vocabulary(checkpoint_path), settings,
                                     progress=f"{split} chains")
         return evaluate(runner, questions, out_dir, split=split, stage_type=stage_type, num_chains=num_chains,
@@ -135,8 +133,8 @@ def evaluate_checkpoint(
     *, checkpoint_path: str, mixture_or_task_name: str, output_dir: str, split: str = "test", num_chains: int = 1,
     sampling: Optional[decoding.SamplingConfig] = None, sampled_stages: Sequence[str] = SAMPLED_STAGES,
     chain_settings: chains.ChainSettings = chains.ChainSettings(), data_dir: Optional[str] = None,
-    max_questions: Optional[int] = None, seed: int = 0, dtype: Optional[str] = None, mesh_data: int = -1,
-    mesh_model: int = 1, parameter_partitioning_dims: int = 1,
+    max_questions: Optional[int] = None, seed: int = 0, dtype: Optional[str] = None,
+    partitioner: partitioning.Partitioner = partitioning.Partitioner(),
 ) -> EvaluationResult:
     """`evaluate` on a model checkpoint; the stage mixture names the dataset and the chain's stage type.
 
@@ -155,9 +153,7 @@ def evaluate_checkpoint(
         max_questions: Evaluates the first this many questions only.
         seed: The sampling seed.
         dtype: Compute dtype (default: as saved).
-        mesh_data: The mesh's 'data' axis (-1: the devices left).
-        mesh_model: The mesh's 'model' axis.
-        parameter_partitioning_dims: 2 also shards the parameters over 'data'.
+        partitioner: The device mesh and its rules, as training's.
 
     Returns:
         The accuracy and where the files went.
@@ -177,8 +173,7 @@ def evaluate_checkpoint(
     settings = stage_settings(chain_settings, sampling, sampled_stages)
     return evaluate_checkpoint_on_mesh(
         checkpoint_path, questions, output_dir, settings, split=split, stage_type=stage_type, num_chains=num_chains,
-        seed=seed, dtype=dtype, mesh_data=mesh_data, mesh_model=mesh_model,
-        parameter_partitioning_dims=parameter_partitioning_dims,
+        seed=seed, dtype=dtype, partitioner=partitioner,
         extra_summary={"checkpoint": checkpoint_path, "dataset": dataset})
 
 
@@ -202,7 +197,7 @@ def check_settings(arguments: Mapping[str, Any]) -> None:
                                optional=("max_questions",))
     gin_utils.require_subset(fn, "sampled_stages", arguments["sampled_stages"], STAGES)
     check_chain_settings(arguments["chain_settings"])
-    gin_utils.require_mesh(fn, arguments)
+    gin_utils.require_partitioner(arguments["partitioner"])
     output_dir = gin_utils.setting_name(fn, "output_dir", default="--out_dir")
     locations.require_local(arguments["output_dir"], output_dir)
     locations.require_writable(arguments["output_dir"], output_dir)

@@ -283,24 +283,26 @@ def require_subset(fn: Callable, param: str, values: Any, choices: Iterable[str]
     require(ok, fn, param, values, f"a tuple of some of {', '.join(map(repr, choices))}")
 
 
-def require_mesh(fn: Callable, arguments: Mapping[str, Any]) -> None:
-    """Refuses a ('data', 'model') mesh that the devices cannot form, as `partitioning.create_mesh` would
-    only once the data is loaded.
+def require_partitioner(partitioner: Any) -> None:
+    """Refuses a ('data', 'model') mesh that the devices cannot form, as the partitioner would only once the
+    data is loaded, naming the settings as the user set them (`MESH_DATA`, ... in the run gins).
 
     Args:
-        fn: The configurable with arguments `mesh_data`, `mesh_model`, `parameter_partitioning_dims`.
-        arguments: Its arguments (others are ignored).
+        partitioner: The run's `partitioning.Partitioner`.
     """
     import jax
 
-    data, model = arguments["mesh_data"], arguments["mesh_model"]
-    for param, value in (("mesh_data", data), ("mesh_model", model)):
+    from tinythinker_jax import partitioning
+
+    fn = partitioning.Partitioner
+    data, model = partitioner.data, partitioner.model
+    for param, value in (("data", data), ("model", model)):
         require(is_int(value) and (value >= 1 or value == -1), fn, param, value, "a positive integer or -1")
-    require(not data == model == -1, fn, "mesh_data", data, "a positive integer when the model axis is -1")
-    require_choice(fn, "parameter_partitioning_dims", arguments["parameter_partitioning_dims"], (1, 2))
+    require(not data == model == -1, fn, "data", data, "a positive integer when the model axis is -1")
+    require_choice(fn, "parameter_partitioning_dims", partitioner.parameter_partitioning_dims, (1, 2))
     devices = len(jax.devices())
     used = (devices // model if data == -1 else data) * (devices // data if model == -1 else model)
     if used != devices:
-        raise UserError(f"the mesh {setting_name(fn, 'mesh_data')}={data} x {setting_name(fn, 'mesh_model')}="
+        raise UserError(f"the mesh {setting_name(fn, 'data')}={data} x {setting_name(fn, 'model')}="
                         f"{model} does not use the {devices} devices there are: make the product {devices}, "
                         f"or set one axis to -1")

@@ -3,18 +3,21 @@
 Every parameter carries `logical_axes` metadata (`embed`, `mlp`, `heads`, `kv`, `vocab`, ...) and the model
 marks its main activations with `with_logical_constraint`. A list of rules maps those names to mesh axes, so
 one model runs on one CPU, fake host devices, a GPU or a TPU slice, with data, model or data+parameter
-(FSDP-like) sharding chosen by the run gins' macros (`gin/runs/*.gin`), which every phase passes here:
+(FSDP-like) sharding. A `Partitioner`, built once from the run gins (`gin/runs/*.gin`) and passed to every
+phase, owns the mesh, the rules and how batches, models and results move between hosts and devices:
 
-    MESH_DATA = -1                   # create_mesh(data=...): the rest of the devices
-    MESH_MODEL = 2                   # create_mesh(model=...)
-    PARAMETER_PARTITIONING_DIMS = 2  # standard_logical_axis_rules(parameter_partitioning_dims=...)
+    MESH_DATA = -1                   # Partitioner.data: the devices the model axis leaves
+    MESH_MODEL = 2                   # Partitioner.model
+    PARAMETER_PARTITIONING_DIMS = 2  # Partitioner.parameter_partitioning_dims
 
 Activations are only constrained inside `activate(mesh, rules)`; outside it the model runs unsharded.
 """
 
 import contextlib
+import dataclasses
+import functools
 import threading
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence, TypeVar, cast
 
 import jax
 import numpy as np
@@ -22,6 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 LogicalRules = tuple[tuple[str, str | None], ...]
+ModuleT = TypeVar("ModuleT", bound=nnx.Module)
 MESH_AXES = ("data", "model")
 
 
@@ -171,6 +175,12 @@ def batch_sharding(mesh: Mesh, rules: LogicalRules, ndim: int = 2) -> NamedShard
     return NamedSharding(mesh, logical_to_mesh_axes((("batch", "length") + (None,) * ndim)[:ndim], rules))
 
 
+def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh, rules: LogicalRules) -> dict[str, jax.Array]:
+    """This process's rows of every array, assembled into global arrays split on `data`."""
+    return {name: jax.make_array_from_process_local_data(batch_sharding(mesh, rules, array.ndim), array)
+            for name, array in local.items()}
+
+
 def to_host(x: jax.Array) -> np.ndarray:
     """The whole value of `x` on this host, also when it spans other processes' devices (multi-host)."""
     if x.is_fully_addressable:
@@ -178,3 +188,58 @@ def to_host(x: jax.Array) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class Partitioner:
+    """Where a run's arrays live, built once (from gin) and passed to every phase: the ('data', 'model')
+    mesh, the logical-axis rules on it, this process's rows of a global batch, and host transfer. T5X's
+    `PjitPartitioner` has this part there. The mesh is made on first use, so building a partitioner (as gin
+    does while it parses) touches no device.
+
+    Attributes:
+        data: Devices on the `data` axis; -1 takes the devices the `model` axis leaves.
+        model: Devices on the `model` axis (heads, feed-forward and vocabulary are split over it).
+        parameter_partitioning_dims: 2 also splits every parameter's `embed` axis over `data` (FSDP-like).
+    """
+
+    data: int = -1
+    model: int = 1
+    parameter_partitioning_dims: int = 1
+
+    @functools.cached_property
+    def mesh(self) -> Mesh:
+        return create_mesh(data=self.data, model=self.model)
+
+    @functools.cached_property
+    def rules(self) -> LogicalRules:
+        return standard_logical_axis_rules(parameter_partitioning_dims=self.parameter_partitioning_dims)
+
+    def activate(self) -> ContextManager[None]:
+        """Runs and traces the model on the mesh with its activations constrained by the rules."""
+        return activate(self.mesh, self.rules)
+
+    def create_model(self, create_fn: Callable[[], ModuleT]) -> ModuleT:
+        """`create_fn`'s model with every device holding only its slice of each parameter."""
+        return cast(ModuleT, create_sharded_model(create_fn, self.mesh, self.rules))
+
+    def local_rows(self, global_rows: int) -> slice:
+        """This process's rows of a global batch of `global_rows` rows (every process feeds an equal share).
+
+        Raises:
+            ValueError: When the processes cannot share the rows equally.
+        """
+        count, index = jax.process_count(), jax.process_index()
+        if global_rows % count:
+            raise ValueError(f"a batch of {global_rows} rows is not divisible by {count} processes")
+        share = global_rows // count
+        return slice(index * share, (index + 1) * share)
+
+    def global_batch(self, local: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        """This process's rows (`local_rows`) of every array, assembled into global arrays on the mesh."""
+        return global_batch(local, self.mesh, self.rules)
+
+    @staticmethod
+    def to_host(x: jax.Array) -> np.ndarray:
+        """The whole value of `x` on this host, also when it spans other processes' devices."""
+        return to_host(x)

@@ -15,7 +15,7 @@ import jax
 
 import gin
 import tinythinker_tasks
-from tinythinker_jax import chains, evaluation, formats, gin_utils, report
+from tinythinker_jax import chains, evaluation, formats, gin_utils, partitioning, report
 from tinythinker_jax.data import benchmarks, examples, locations, records
 from tinythinker_jax.models import checkpoints, decoding
 from tinythinker_jax.reflection import iteration as reflection
@@ -63,16 +63,16 @@ def _data_summary(data_dir: str, stage_type: str) -> dict:
                                for stage in formats.stages_of(stage_type)}}
 
 
-def _test_accuracy(checkpoint: str, out_dir: str, questions, settings: chains.ChainSettings, num_chains: int = 1,
-                   seed: int = 0, **mesh_settings) -> float:
+def _test_accuracy(checkpoint: str, out_dir: str, questions, settings: chains.ChainSettings,
+                   partitioner: partitioning.Partitioner, num_chains: int = 1, seed: int = 0) -> float:
     """The checkpoint's accuracy on the test questions (a vote when `num_chains` > 1), computed once, on the
-    mesh that `mesh_settings` (`mesh_data`, `mesh_model`, `parameter_partitioning_dims`) describe."""
+    partitioner's mesh."""
     summary = checkpointing.read_marker_before_the_step(os.path.join(out_dir, "summary_test.json"))
     if summary is not None:
         return summary["accuracy"]
     return evaluation.evaluate_checkpoint_on_mesh(
         checkpoint, questions, out_dir, settings, split="test", num_chains=num_chains, seed=seed,
-        extra_summary={"checkpoint": checkpoint}, **mesh_settings).accuracy
+        extra_summary={"checkpoint": checkpoint}, partitioner=partitioner).accuracy
 
 
 def run_pipeline(
@@ -86,9 +86,7 @@ def run_pipeline(
     max_test_questions: Optional[int] = None,
     data_dir: Optional[str] = None,
     chain_settings: chains.ChainSettings = chains.ChainSettings(),
-    mesh_data: int = -1,
-    mesh_model: int = 1,
-    parameter_partitioning_dims: int = 1,
+    partitioner: partitioning.Partitioner = partitioning.Partitioner(),
 ) -> Optional[dict]:
     """Runs (or continues) the whole method: phase 1, `iterations` self-reflection iterations, the test
     evaluation of every phase's best model, and `model_dir/report.md`. Each phase runs as gin configures
@@ -105,9 +103,7 @@ def run_pipeline(
         max_test_questions: Test questions (default: all).
         data_dir: The prepared dataset directory.
         chain_settings: Decoding limits of the test chains.
-        mesh_data: Devices on the `data` axis of the test evaluation's mesh (in gin, the training mesh's).
-        mesh_model: Devices on its `model` axis.
-        parameter_partitioning_dims: 2 also splits every parameter's `embed` axis over `data`.
+        partitioner: The test evaluation's device mesh and rules (in gin, the training's).
 
     Returns:
         The pipeline's state as `pipeline.json` records it, or None when SIGTERM stopped it (run it again to
@@ -146,19 +142,17 @@ def run_pipeline(
         chain_settings, checkpointing.read_marker(os.path.join(sft_dir, trainer.DATA_STATS)) or {})
     voting = evaluation.stage_settings(chain_settings, decoding.SamplingConfig(temperature=test_temperature),
                                        test_sampled_stages)
-    mesh_settings = {"mesh_data": mesh_data, "mesh_model": mesh_model,
-                     "parameter_partitioning_dims": parameter_partitioning_dims}
 
     def tested(phase: dict, phase_dir: str) -> dict:
         best = checkpointing.best_dir(phase_dir)
         phase["data_stats"] = checkpointing.read_marker(os.path.join(phase_dir, trainer.DATA_STATS))
         phase["test_accuracy"] = _test_accuracy(best, os.path.join(phase_dir, "test"), test_questions,
-                                                chain_settings, **mesh_settings)
+                                                chain_settings, partitioner)
         phase["test_self_consistency_accuracy"] = None
         if test_num_chains > 1:
             phase["test_self_consistency_accuracy"] = _test_accuracy(
-                best, os.path.join(phase_dir, "test_self_consistency"), test_questions, voting, test_num_chains,
-                **mesh_settings)
+                best, os.path.join(phase_dir, "test_self_consistency"), test_questions, voting, partitioner,
+                test_num_chains)
         return phase
 
     state["phases"].append(tested({"name": "sft", **sft_done}, sft_dir))
@@ -197,7 +191,7 @@ def check_settings(arguments: Mapping[str, Any]) -> None:
     gin_utils.require_positive(fn, {"max_test_questions": arguments["max_test_questions"]},
                                optional=("max_test_questions",))
     evaluation.check_chain_settings(arguments["chain_settings"])
-    gin_utils.require_mesh(fn, arguments)
+    gin_utils.require_partitioner(arguments["partitioner"])
     for check, phase in ((trainer.check_settings, trainer.train),
                          (reflection.check_settings, reflection.run_iteration)):
         check({"mixture_or_task_name": arguments["mixture_or_task_name"], **gin_utils.bound_arguments(phase)})

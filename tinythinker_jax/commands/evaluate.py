@@ -28,7 +28,7 @@ def _evaluate(args) -> int:
     initialize_distributed(args)
     import gin
     import tinythinker_tasks
-    from tinythinker_jax import chains, evaluation
+    from tinythinker_jax import chains, evaluation, partitioning
     from tinythinker_jax.data import locations
 
     if args.gin_file:
@@ -47,8 +47,8 @@ def _evaluate(args) -> int:
             chain_settings=chains.ChainSettings(**{  # a flag not given keeps the ChainSettings default
                 name: getattr(args, name) for name in CHAIN_FLAGS if getattr(args, name) is not None}),
             data_dir=args.data_dir, max_questions=args.max_questions, seed=args.seed, dtype=args.dtype,
-            mesh_data=args.mesh_data, mesh_model=args.mesh_model,
-            parameter_partitioning_dims=args.parameter_partitioning_dims)
+            partitioner=partitioning.Partitioner(data=args.mesh_data, model=args.mesh_model,
+                                                 parameter_partitioning_dims=args.parameter_partitioning_dims))
     print(f"accuracy {result.accuracy:.4f} on {result.num_questions} questions -> {result.summary_path}")
     return 0
 

@@ -78,23 +78,22 @@ def _jitted_pair_log_likelihoods(graphdef, state, batch):
     return losses.pair_log_likelihoods(nnx.merge(graphdef, state), batch)
 
 
-def score_pairs(model: T5Transformer, arrays: dict[str, np.ndarray], batch_size: int, mesh, rules) -> np.ndarray:
+def score_pairs(model: T5Transformer, arrays: dict[str, np.ndarray], batch_size: int,
+                partitioner: partitioning.Partitioner) -> np.ndarray:
     """[pairs, 2] reference log-likelihoods, in file order: one pass, batches split over `data`.
 
     Every process holds all the arrays and feeds its own rows of each global batch.
     """
     graphdef, state = nnx.split(model)
     num_pairs = len(arrays["pair_weights"])
-    per_process = batch_size // jax.process_count()
-    mine = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
+    mine = partitioner.local_rows(batch_size)
     scores = np.zeros((num_pairs, 2), np.float32)
     names = ("encoder_input_tokens", "chosen_targets", "rejected_targets")
     for start in tqdm(range(0, num_pairs, batch_size), desc="reference scoring", unit="batch",
                       disable=jax.process_index() != 0):
         rows = np.arange(start, start + batch_size) % num_pairs  # the last batch is topped up with repeats
         local = {name: arrays[name][rows][mine] for name in names}
-        batch = {name: jax.make_array_from_process_local_data(partitioning.batch_sharding(mesh, rules), value)
-                 for name, value in local.items()}
         real = min(batch_size, num_pairs - start)
-        scores[start:start + real] = partitioning.to_host(_jitted_pair_log_likelihoods(graphdef, state, batch))[:real]
+        likelihoods = _jitted_pair_log_likelihoods(graphdef, state, partitioner.global_batch(local))
+        scores[start:start + real] = partitioner.to_host(likelihoods)[:real]
     return scores

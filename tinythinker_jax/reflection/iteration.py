@@ -122,7 +122,7 @@ def check_settings(arguments: Mapping[str, Any]) -> None:
                                {"num_samples": settings.num_samples, "chunk_size": settings.chunk_size})
     gin_utils.require_non_negative(sampling.SamplingSettings, "temperature", settings.temperature)
     evaluation.check_chain_settings(arguments["chain_settings"])
-    gin_utils.require_mesh(fn, arguments)
+    gin_utils.require_partitioner(arguments["partitioner"])
     # A DPO step runs the policy on the chosen and the rejected text of each pair.
     memory.require_fits(fn, "batch_size", 2, arguments["batch_size"], arguments["model_config"], trains=True)
     evaluation.require_chain_batch_fits(arguments["chain_settings"], arguments["model_config"])
@@ -158,9 +158,7 @@ def run_iteration(
     max_questions: Optional[int] = None,
     max_eval_questions: Optional[int] = None,
     seed: int = 0,
-    mesh_data: int = -1,
-    mesh_model: int = 1,
-    parameter_partitioning_dims: int = 1,
+    partitioner: partitioning.Partitioner = partitioning.Partitioner(),
     keep_checkpoints: int = 2,
     log_every: int = 10,
 ) -> IterationResult:
@@ -188,9 +186,7 @@ def run_iteration(
         max_questions: Sample only the first N training questions with teacher records (the paper: all).
         max_eval_questions: Validation questions per validation (default: all).
         seed: Sampling, data order and dropout.
-        mesh_data: Devices on the mesh's `data` axis (-1: the rest).
-        mesh_model: Devices on the mesh's `model` axis.
-        parameter_partitioning_dims: 2 also splits every parameter's `embed` axis over `data`.
+        partitioner: The device mesh and its rules (`MESH_DATA`, `MESH_MODEL`, `PARAMETER_PARTITIONING_DIMS`).
         keep_checkpoints: Training checkpoints kept.
         log_every: Steps between metric fetches.
 
@@ -224,16 +220,14 @@ def run_iteration(
     dataset, chain_type, vocabulary = trainer.setup_data(mixture_or_task_name, data_dir, vocabulary_path, model_config)
     data_dir = data_dir or locations.dataset_dir(dataset)
     model_config = model_config.replace(dropout_rate=0.0)
-    mesh = partitioning.create_mesh(data=mesh_data, model=mesh_model)
-    rules = partitioning.standard_logical_axis_rules(parameter_partitioning_dims=parameter_partitioning_dims)
     pairs_dir = os.path.join(out_dir, "pairs")
     validate = functools.partial(
         trainer.validation_accuracy,
         questions=tinythinker_tasks.load_questions(dataset, "validation")[:max_eval_questions],
         vocabulary=vocabulary, stage_type=chain_type, settings=chain_settings)
 
-    with partitioning.activate(mesh, rules):
-        load_reference = lambda: trainer.build_model(model_config, reference_path, seed, mesh, rules)  # noqa: E731
+    with partitioner.activate():
+        load_reference = lambda: trainer.build_model(model_config, reference_path, seed, partitioner)  # noqa: E731
         counts = read_marker_before_the_step(os.path.join(pairs_dir, "counts.json"))
         if counts is None:
             started = time.time()
@@ -263,7 +257,7 @@ def run_iteration(
             for stage in stages:
                 arrays, data_stats[stage] = pair_data.load_pair_arrays(pair_task(stage, scored=False),
                                                                        task_feature_lengths)
-                scores = pair_data.score_pairs(reference, arrays, batch_size, mesh, rules)
+                scores = pair_data.score_pairs(reference, arrays, batch_size, partitioner)
                 if jax.process_index() == 0:
                     pair_data.write_scored_pairs(sampling.pairs_path(pairs_dir, stage, scored=True),
                                                  pair_data.read_pairs(sampling.pairs_path(pairs_dir, stage)), scores)
@@ -293,7 +287,7 @@ def run_iteration(
                 model_dir=out_dir, name=f"reflect {iteration}", model=load_reference(), model_config=model_config,
                 vocab_path=vocabulary.sentencepiece_model_file, optimizer=create_optimizer(total_steps),
                 loss_fn=losses.dpo_loss_fn(beta, alpha), batch_streams=pair_streams, blocks=block_schedule,
-                total_steps=total_steps, eval_every=round_steps, validate=validate, mesh=mesh, rules=rules,
+                total_steps=total_steps, eval_every=round_steps, validate=validate, partitioner=partitioner,
                 batch_size=batch_size, seed=seed, keep_checkpoints=keep_checkpoints, log_every=log_every,
             ).run()
     wall = {"generate": counts["wall_seconds"], "score": scored["wall_seconds"], "train": time.time() - started}

@@ -25,7 +25,7 @@ from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import checkpoints as model_checkpoints
 from tinythinker_jax.models.t5 import T5Config, T5Transformer
 from tinythinker_jax.training import checkpointing, metrics, optimizers, schedule, streams
-from tinythinker_jax.training.step import LossFn, global_batch, make_train_step
+from tinythinker_jax.training.step import LossFn, make_train_step
 
 # XLA's status code for a failed device allocation.
 OUT_OF_MEMORY = "RESOURCE_EXHAUSTED"
@@ -107,7 +107,7 @@ class Loop:
     Attributes:
         model_dir: Where checkpoints, `best/`, metrics and TensorBoard events go.
         name: The run's name in the progress bar and messages (`sft`, `reflect 1`).
-        model: The model to train (its parameters already on `mesh`).
+        model: The model to train (its parameters already on the partitioner's mesh).
         model_config: Saved with the best model.
         vocab_path: The data's SentencePiece model, saved with the best model.
         optimizer: The update rule and its learning-rate schedule.
@@ -117,8 +117,7 @@ class Loop:
         total_steps: Steps in all.
         eval_every: Steps between validations (one also comes at the end).
         validate: The validation accuracy of a model; the best model is the one it ranks highest.
-        mesh: The device mesh.
-        rules: The logical-axis rules on it.
+        partitioner: The mesh the model lives on, and how batches reach it.
         batch_size: Rows per step (for the examples-per-second figure and messages).
         seed: The dropout seed.
         keep_checkpoints: Training checkpoints kept.
@@ -137,8 +136,7 @@ class Loop:
     total_steps: int
     eval_every: int
     validate: Callable[[T5Transformer], float]  # validation accuracy of a model
-    mesh: jax.sharding.Mesh
-    rules: partitioning.LogicalRules
+    partitioner: partitioning.Partitioner
     batch_size: int
     seed: int = 0
     keep_checkpoints: int = 3
@@ -165,7 +163,7 @@ class Loop:
             raise UserError(
                 f"{self.name}: a device ran out of memory with {self.batch_size} rows per step ({_first_line(e)}): "
                 "lower the batch size (or the chains' batch size, chains.ChainSettings.batch_size, if validation "
-                "ran out), or shard the parameters over more devices (mesh_model, parameter_partitioning_dims)") from e
+                "ran out), or shard the parameters over more devices (MESH_MODEL, PARAMETER_PARTITIONING_DIMS)") from e
         finally:
             preemption.close()
             writer.close()
@@ -222,10 +220,10 @@ class Loop:
         stop = False
         while step < self.total_steps and not stop:
             draw, data_state = self.blocks.next(data_state)
-            local = self.batch_streams[draw.stream].batch(draw.epoch, draw.batch_index, jax.process_index(),
-                                                    jax.process_count())
+            local = self.batch_streams[draw.stream].batch(draw.epoch, draw.batch_index,
+                                                          self.partitioner.local_rows(self.batch_size))
             params, opt_state, values = train_step(
-                params, opt_state, global_batch(local, self.mesh, self.rules), step, rng_key)
+                params, opt_state, self.partitioner.global_batch(local), step, rng_key)
             step += 1
             pending.add(step, draw.stream, values)
             progress.update(1)

@@ -5,14 +5,12 @@ the step, a benchmark on a bare accelerator machine say, imports nothing beyond 
 """
 
 import functools
-from typing import Callable, Mapping
+from typing import Callable
 
 import jax
-import numpy as np
 import optax
 from flax import nnx
 
-from tinythinker_jax import partitioning
 from tinythinker_jax.models.t5 import T5Transformer
 
 # loss_fn(model, batch, dropout_rng) -> (loss, device metrics); a "tokens" metric is summed for tokens/s.
@@ -34,8 +32,3 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, transform: optax.Gr
 
     return train_step
 
-
-def global_batch(local: Mapping[str, np.ndarray], mesh, rules) -> dict[str, jax.Array]:
-    """This process's rows of every array, assembled into global arrays split on `data`."""
-    return {name: jax.make_array_from_process_local_data(partitioning.batch_sharding(mesh, rules, array.ndim), array)
-            for name, array in local.items()}

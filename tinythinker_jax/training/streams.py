@@ -53,15 +53,11 @@ class Stream:
         assert self._order is not None  # set whenever _order_epoch is, and no epoch equals the initial None
         return self._order
 
-    def batch(self, epoch: int, index: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
-        """This process's rows of global batch `index` of `epoch`."""
-        if self.batch_size % process_count:
-            raise ValueError(f"batch size {self.batch_size} is not divisible by {process_count} processes")
+    def batch(self, epoch: int, index: int, rows_of_batch: slice = slice(None)) -> dict[str, np.ndarray]:
+        """Global batch `index` of `epoch`, or its rows `rows_of_batch` (a process's, `Partitioner.local_rows`)."""
         rows = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
         real = len(rows)
         rows = np.concatenate([rows, np.zeros(self.batch_size - real, rows.dtype)])
         batch = {name: array[rows] for name, array in self.arrays.items()}
         batch[self.weight_field][real:] = 0  # filler rows: shapes stay fixed, the loss ignores them
-        per_process = self.batch_size // process_count
-        mine = slice(process_index * per_process, (process_index + 1) * per_process)
-        return {name: array[mine] for name, array in batch.items()}
+        return {name: array[rows_of_batch] for name, array in batch.items()}

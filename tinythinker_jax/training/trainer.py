@@ -73,17 +73,21 @@ def setup_data(mixture_or_task_name: str, data_dir: Optional[str], vocabulary_pa
     return dataset, stage_type, vocabulary
 
 
-def build_model(config: t5.T5Config, initial_checkpoint_path: Optional[str], seed: int, mesh, rules):
+def build_model(config: t5.T5Config, initial_checkpoint_path: Optional[str], seed: int,
+                partitioner: partitioning.Partitioner) -> t5.T5Transformer:
+    """The checkpoint's model (`initial_checkpoint_path`, whose config must be `config` up to dtype and
+    dropout) or a new one from `seed`, laid out on the partitioner's mesh."""
     if initial_checkpoint_path:
         loaded = model_checkpoints.load_config(initial_checkpoint_path)
         if dataclasses.replace(loaded, dtype=config.dtype, dropout_rate=config.dropout_rate) != config:
             raise ValueError(f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} holds {loaded}, "
                              f"but the gin model config is {config}")
-        model = model_checkpoints.load_model(initial_checkpoint_path, dtype=config.dtype, mesh=mesh, rules=rules)
+        model = model_checkpoints.load_model(initial_checkpoint_path, dtype=config.dtype, mesh=partitioner.mesh,
+                                             rules=partitioner.rules)
         # The checkpoint's own config carries inference defaults; training uses the gin one (dropout).
         model.config = config
         return model
-    return partitioning.create_sharded_model(lambda: t5.create_model(config, seed=seed), mesh, rules)
+    return partitioner.create_model(lambda: t5.create_model(config, seed=seed))
 
 
 def train(
@@ -100,9 +104,7 @@ def train(
     data_dir: Optional[str] = None,
     vocabulary_path: Optional[str] = None,
     seed: int = 0,
-    mesh_data: int = -1,
-    mesh_model: int = 1,
-    parameter_partitioning_dims: int = 1,
+    partitioner: partitioning.Partitioner = partitioning.Partitioner(),
     keep_checkpoints: int = 3,
     eval_every: Optional[int] = None,
     max_eval_questions: Optional[int] = None,
@@ -130,9 +132,7 @@ def train(
         data_dir: The prepared dataset directory (default: under `TINYTHINKER_DATA_ROOT`).
         vocabulary_path: The SentencePiece model of the data (default: `TINYTHINKER_VOCABULARY` or T5's).
         seed: Initialisation, data order and dropout.
-        mesh_data: Devices on the mesh's `data` axis (-1: the rest).
-        mesh_model: Devices on the mesh's `model` axis.
-        parameter_partitioning_dims: 2 also splits every parameter's `embed` axis over `data` (FSDP-like).
+        partitioner: The device mesh and its rules (`MESH_DATA`, `MESH_MODEL`, `PARAMETER_PARTITIONING_DIMS`).
         keep_checkpoints: Training checkpoints kept (the best model is kept apart).
         eval_every: Steps between validations (default: one cycle of blocks).
         max_eval_questions: Validation questions per validation (default: all).
@@ -164,10 +164,8 @@ def train(
     total_steps = train_steps if train_steps is not None else epochs * blocks.steps_per_epoch
     validation = tinythinker_tasks.load_questions(dataset, "validation")[:max_eval_questions]
 
-    mesh = partitioning.create_mesh(data=mesh_data, model=mesh_model)
-    rules = partitioning.standard_logical_axis_rules(parameter_partitioning_dims=parameter_partitioning_dims)
-    with partitioning.activate(mesh, rules):
-        model = build_model(model_config, initial_checkpoint_path, seed, mesh, rules)
+    with partitioner.activate():
+        model = build_model(model_config, initial_checkpoint_path, seed, partitioner)
         _write_gin_configs(model_dir)
         validate = functools.partial(validation_accuracy, questions=validation, vocabulary=vocabulary,
                                      stage_type=stage_type, settings=chain_settings)
@@ -175,7 +173,7 @@ def train(
             model_dir=model_dir, name="sft", model=model, model_config=model_config,
             vocab_path=vocabulary.sentencepiece_model_file, optimizer=create_optimizer(total_steps),
             loss_fn=losses.sft_loss, batch_streams=stage_streams, blocks=blocks, total_steps=total_steps,
-            eval_every=eval_every or blocks.cycle_steps, validate=validate, mesh=mesh, rules=rules,
+            eval_every=eval_every or blocks.cycle_steps, validate=validate, partitioner=partitioner,
             batch_size=batch_size, seed=seed, keep_checkpoints=keep_checkpoints, log_every=log_every,
         ).run()
     if not result.preempted and not finished_before:
@@ -202,7 +200,7 @@ def check_settings(arguments: Mapping[str, Any]) -> None:
     gin_utils.require_positive(train, counts, optional=("train_steps", "eval_every"))
     require_eval_questions(train, arguments["max_eval_questions"])
     evaluation.check_chain_settings(arguments["chain_settings"])
-    gin_utils.require_mesh(train, arguments)
+    gin_utils.require_partitioner(arguments["partitioner"])
     memory.require_fits(train, "batch_size", 1, arguments["batch_size"], arguments["model_config"], trains=True)
     evaluation.require_chain_batch_fits(arguments["chain_settings"], arguments["model_config"])
 
