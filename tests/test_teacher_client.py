@@ -10,12 +10,12 @@ from tinythinker_jax.data.records import make_question
 from tinythinker_jax.teacher import client
 from tinythinker_jax.teacher.cache import ResponseCache
 from tinythinker_jax.teacher.fake_server import Reply, ScriptedServer
-from tinythinker_jax.teacher.prompts import Sampling, plan_requests
+from tinythinker_jax.teacher.prompts import TeacherSampling, plan_requests
 
 QUESTIONS = [
     make_question(f"q{i}", f"Question {i}?", [("A", "one"), ("B", "two")], "AB"[i % 2]) for i in range(4)
 ]
-SAMPLING = Sampling(model="local-model", samples=2, choices_per_request=2)
+SAMPLING = TeacherSampling(model="local-model", samples=2, choices_per_request=2)
 
 
 def _requests(questions=QUESTIONS):

@@ -191,7 +191,7 @@ def test_paper_mode_needs_the_official_files(tmp_path, capsys):
 def test_identical_paper_bodies_get_distinct_cache_keys():
     """Paper bodies carry no seed: the round and index keep a retry from being answered by the cache."""
     question = make_question("q0", "Q?", [("A", "a"), ("B", "b")], "A")
-    sampling = prompts.Sampling(prompt_mode="paper", samples=8, choices_per_request=4, paper_retry=True)
+    sampling = prompts.TeacherSampling(prompt_mode="paper", samples=8, choices_per_request=4, paper_retry=True)
     first = prompts.plan_requests(question, 8, 0, "SYS", sampling)
     retry = prompts.plan_requests(question, 4, 1, "SYS", sampling)
     assert first[0].body == first[1].body == retry[0].body and "seed" not in first[0].body
@@ -212,7 +212,7 @@ def test_the_fake_server_reads_the_paper_user_message():
 
 def test_paper_length_replies_are_well_formed_and_deterministic():
     question = make_question("q", "Pick?", [(label, label.lower()) for label in "ABCDE"], "D")
-    sampling = prompts.Sampling(prompt_mode="paper", samples=3, choices_per_request=3)
+    sampling = prompts.TeacherSampling(prompt_mode="paper", samples=3, choices_per_request=3)
     body = prompts.plan_requests(question, 3, 0, "SYS", sampling)[0].body
     texts = paper_length_reply(body, 0).texts
     assert len(texts) == 3 and len(set(texts)) == 3 and texts[1] == paper_length_text(body, 1)
@@ -242,7 +242,7 @@ def test_paper_length_summarize_inputs_reach_the_exemplars_t5_lengths(benchmark_
     vocabulary = os.path.join(os.path.dirname(benchmark_data_dir.rstrip("/")), "vocab", "t5_spiece.model")
     processor = spm.SentencePieceProcessor(model_file=vocabulary)
     questions = readers.read_multiple_choice_jsonl(os.path.join(benchmark_data_dir, "csqa", "dev_rand_split.jsonl"), 5)
-    sampling = prompts.Sampling(prompt_mode="paper", samples=2, choices_per_request=2)
+    sampling = prompts.TeacherSampling(prompt_mode="paper", samples=2, choices_per_request=2)
     lengths = []
     for question in questions[:100]:
         body = prompts.plan_requests(question, 2, 0, "SYS", sampling)[0].body

@@ -131,7 +131,7 @@ def test_system_message_holds_the_instruction_and_k_exemplars():
 
 
 def test_plan_splits_samples_over_requests_with_round_dependent_seed_and_temperature():
-    sampling = prompts.Sampling(samples=8, choices_per_request=3, temperature=0.8, temperature_step=0.1, seed=7)
+    sampling = prompts.TeacherSampling(samples=8, choices_per_request=3, temperature=0.8, temperature_step=0.1, seed=7)
     first = prompts.plan_requests(QUESTION, 8, 0, "SYS", sampling)
     assert [r.body["n"] for r in first] == [3, 3, 2]
     assert [r.body["seed"] for r in first] == [7, 8, 9]

@@ -30,7 +30,7 @@ def _model_name(config) -> str:
     try:
         return gin.query_parameter("tinythinker_jax.models.t5.model_config.name")
     except ValueError:
-        return f"T5 d_model={config.d_model} layers={config.num_layers}"
+        return f"T5 d_model={config.d_model} layers={config.num_encoder_layers}+{config.num_decoder_layers}"
 
 
 def _config_summary(mixture_or_task_name: str, iterations: int) -> dict:

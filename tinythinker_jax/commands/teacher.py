@@ -60,7 +60,7 @@ class _Job:
         self.exemplars = loaded[:args.k_exemplars]  # the estimate's reply lengths
         samples = args.samples or prompts.DEFAULT_SAMPLES.get(args.dataset, prompts.DEFAULT_SAMPLES_OTHERWISE)
         request_samples = args.request_samples or samples
-        self.sampling = prompts.Sampling(
+        self.sampling = prompts.TeacherSampling(
             model=args.model, temperature=args.temperature, max_tokens=args.max_tokens, samples=samples,
             choices_per_request=args.choices_per_request or request_samples, rounds=args.rounds, seed=args.seed,
             temperature_step=args.temperature_step, prompt_mode=args.prompt_mode, request_samples=request_samples,
@@ -116,7 +116,7 @@ def _estimate(args) -> int:
 
 
 def _run(args) -> int:
-    from tinythinker_jax.teacher import client, pipeline
+    from tinythinker_jax.teacher import client, generation
 
     job = _Job(args)
     if args.dry_run:
@@ -133,8 +133,8 @@ def _run(args) -> int:
         def send(requests):
             return client.send_requests(requests, cache, settings, job.sampling.model, progress=args.progress)
 
-        outcome = pipeline.generate(job.questions, job.sampling, job.system, cache, send, job.prices, job.options)
-    failure = pipeline.shortfall(outcome.report, args.min_records_share)
+        outcome = generation.generate(job.questions, job.sampling, job.system, cache, send, job.prices, job.options)
+    failure = generation.shortfall(outcome.report, args.min_records_share)
     job.write_outcome(outcome, failure)
     if failure:
         records = os.path.join(job.out_dir, f"{args.split}.jsonl")
@@ -144,11 +144,11 @@ def _run(args) -> int:
 
 
 def _export_batch(args) -> int:
-    from tinythinker_jax.teacher import batch, pipeline
+    from tinythinker_jax.teacher import batch, generation
 
     job = _Job(args)
     with job.cache() as cache:
-        outcome = pipeline.generate(job.questions, job.sampling, job.system, cache, None, job.prices, job.options)
+        outcome = generation.generate(job.questions, job.sampling, job.system, cache, None, job.prices, job.options)
     path = args.batch_file or os.path.join(job.out_dir, "batch", f"{args.split}_input.jsonl")
     if not outcome.pending:
         print("nothing to export: every planned request is answered; run import-batch to write the records")
@@ -159,14 +159,14 @@ def _export_batch(args) -> int:
 
 
 def _import_batch(args) -> int:
-    from tinythinker_jax.teacher import batch, pipeline
+    from tinythinker_jax.teacher import batch, generation
 
     job = _Job(args)
     with job.cache() as cache:
         counts = batch.import_batch(args.batch_output, cache)
         print(f"imported {counts['imported']}, already cached {counts['already_cached']}, "
               f"failed {counts['failed']} {counts['errors'] or ''}".rstrip())
-        outcome = pipeline.generate(job.questions, job.sampling, job.system, cache, None, job.prices, job.options)
+        outcome = generation.generate(job.questions, job.sampling, job.system, cache, None, job.prices, job.options)
     job.write_outcome(outcome)
     if outcome.pending:
         print("run export-batch again for the requests still unanswered (a retry round or failed results)")

@@ -6,7 +6,7 @@ parsing   turns one sampled reply into a Rationale, or rejects it with a reason
 selection chooses a question's label and kept rationales (optionally: teacher vote, diversity pick)
 cache     the append-only response cache that makes runs resumable
 client    sends requests with concurrency, rate limits, retries and backoff
-pipeline  the rounds: plan, send what is missing, parse, retry short questions, choose, report
+generation  the rounds: plan, send what is missing, parse, retry short questions, choose, report
 batch     the OpenAI Batch API path (export requests, import results into the cache)
 tokens, pricing, estimate   the dry-run size and cost estimate
 fake_server   a scripted local OpenAI-compatible server, for tests and offline runs

@@ -10,12 +10,12 @@ from tinythinker_jax.data.records import Question
 from tinythinker_jax.teacher import pricing
 from tinythinker_jax.teacher.cache import ResponseCache
 from tinythinker_jax.teacher.exemplars import Exemplar
-from tinythinker_jax.teacher.prompts import Sampling, plan_requests
+from tinythinker_jax.teacher.prompts import TeacherSampling, plan_requests
 from tinythinker_jax.teacher.tokens import TokenCounter
 
 
 def estimate(
-    questions: Sequence[Question], sampling: Sampling, system: str, exemplars: Sequence[Exemplar],
+    questions: Sequence[Question], sampling: TeacherSampling, system: str, exemplars: Sequence[Exemplar],
     cache: Optional[ResponseCache] = None, prices: Optional[tuple[float, float]] = None,
 ) -> dict[str, Any]:
     counter = TokenCounter(sampling.model)

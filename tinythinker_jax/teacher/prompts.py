@@ -37,7 +37,7 @@ DEFAULT_SAMPLES_OTHERWISE = 4
 
 
 @dataclasses.dataclass(frozen=True)
-class Sampling:
+class TeacherSampling:
     model: str = DEFAULT_MODEL
     temperature: float = 0.8
     max_tokens: int = 256
@@ -93,13 +93,13 @@ def user_message(question: Question) -> str:
     return "\n".join([f"Q: {question.question}", f"Options: {options}", "Explanations:", *verdicts])
 
 
-def _temperature(sampling: Sampling, round_index: int) -> float:
+def _temperature(sampling: TeacherSampling, round_index: int) -> float:
     if sampling.paper_retry:
         return sampling.temperature  # the notebook re-sends the same request
     return round(min(2.0, sampling.temperature + round_index * sampling.temperature_step), 4)
 
 
-def _body(question: Question, system: str, sampling: Sampling, n: int, max_tokens: int, temperature: float,
+def _body(question: Question, system: str, sampling: TeacherSampling, n: int, max_tokens: int, temperature: float,
           seed: int) -> dict[str, Any]:
     paper_mode = sampling.prompt_mode == PAPER
     user = paper.user_message(question) if paper_mode else user_message(question)
@@ -112,7 +112,7 @@ def _body(question: Question, system: str, sampling: Sampling, n: int, max_token
 
 
 def plan_requests(
-    question: Question, wanted: int, round_index: int, system: str, sampling: Sampling,
+    question: Question, wanted: int, round_index: int, system: str, sampling: TeacherSampling,
     max_tokens: Optional[int] = None,
 ) -> list[Request]:
     """Requests for `wanted` more samples of `question`.

@@ -15,7 +15,7 @@ import pytest
 from tinythinker_jax import cli
 from tinythinker_jax.commands import teacher as teacher_command
 from tinythinker_jax.data.records import make_question, question_to_json, read_teacher_records, write_jsonl
-from tinythinker_jax.teacher import client, pipeline, prompts
+from tinythinker_jax.teacher import client, generation, prompts
 from tinythinker_jax.teacher.cache import ResponseCache
 from tinythinker_jax.teacher.fake_server import Reply, ScriptedServer, well_formed_text
 
@@ -64,10 +64,10 @@ def test_filtering_and_retry_rounds(tmp_path):
             return Reply(finish_reason="length")
         return Reply(texts=[good[0], "Explanations: nothing"])
 
-    sampling = prompts.Sampling(model="local", samples=3, choices_per_request=3, rounds=3)
+    sampling = prompts.TeacherSampling(model="local", samples=3, choices_per_request=3, rounds=3)
     with ScriptedServer(script) as server, ResponseCache(str(tmp_path / "c.jsonl")) as cache:
         settings = client.ClientSettings(base_url=server.base_url, backoff_base=0.01)
-        outcome = pipeline.generate(
+        outcome = generation.generate(
             questions, sampling, "SYS", cache,
             send=lambda requests: client.send_requests(requests, cache, settings, "local", progress=False),
             prices=(1.0, 2.0),

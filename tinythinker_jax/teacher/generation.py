@@ -2,7 +2,7 @@
 give questions still short of valid samples another round.
 
 Retry rounds follow the project's rule (ask for the missing samples, with new seeds and a warmer
-temperature) or, with `Sampling.paper_retry`, the notebook's (ask for as many samples as failed,
+temperature) or, with `TeacherSampling.paper_retry`, the notebook's (ask for as many samples as failed,
 doubling max_tokens after a truncated one). The label and the kept rationales are chosen by
 `selection`, from every format-valid sample a question got.
 
@@ -19,7 +19,7 @@ from tinythinker_jax.data.records import Question, TeacherRecord
 from tinythinker_jax.teacher import parsing, pricing, selection
 from tinythinker_jax.teacher.cache import ResponseCache
 from tinythinker_jax.teacher.client import SendStats
-from tinythinker_jax.teacher.prompts import Request, Sampling, plan_requests
+from tinythinker_jax.teacher.prompts import Request, TeacherSampling, plan_requests
 
 DUPLICATE = "duplicate"  # the same rationale as an earlier sample of the question
 SURPLUS = "surplus"  # valid, but the question already has all the samples it wants
@@ -47,7 +47,7 @@ class _State:
 
 
 class _Tally:
-    def __init__(self, questions: Sequence[Question], sampling: Sampling, options: selection.Selection):
+    def __init__(self, questions: Sequence[Question], sampling: TeacherSampling, options: selection.Selection):
         self.sampling, self.options = sampling, options
         self.states = [_State(q, sampling.max_tokens) for q in questions]
         self.filtered = collections.Counter(dict.fromkeys(parsing.FORMAT_REASONS, 0))
@@ -104,7 +104,7 @@ def _records(tally: _Tally, seed: int) -> tuple[list[TeacherRecord], collections
 
 
 def generate(
-    questions: Sequence[Question], sampling: Sampling, system: str, cache: ResponseCache,
+    questions: Sequence[Question], sampling: TeacherSampling, system: str, cache: ResponseCache,
     send: Optional[Send] = None, prices: Optional[tuple[float, float]] = None,
     options: selection.Selection = selection.Selection(),
 ) -> Outcome:
