@@ -21,6 +21,7 @@ import time
 from typing import Any, Callable, Mapping, Optional
 
 import jax
+import numpy as np
 from flax import nnx
 
 import tinythinker_tasks
@@ -251,6 +252,8 @@ def run_iteration(
 
         stages = [stage for stage in PAIR_STAGE_TYPES[stage_type] if counts[stage] > 0]
         scored = read_marker_before_the_step(os.path.join(pairs_dir, "scored.json"))
+        # The pair arrays scored here train at once; a resumed iteration reads them back from the scored files.
+        scored_arrays: dict[str, dict[str, np.ndarray]] = {}
         if scored is None:
             started, reference = time.time(), load_reference()
             data_stats = {}
@@ -258,6 +261,8 @@ def run_iteration(
                 arrays, data_stats[stage] = pair_data.load_pair_arrays(pair_task(stage, scored=False),
                                                                        task_feature_lengths)
                 scores = pair_data.score_pairs(reference, arrays, batch_size, partitioner)
+                scored_arrays[stage] = {**arrays, **{field: np.ascontiguousarray(scores[:, column]) for column, field
+                                                     in enumerate(pair_data.REFERENCE_FIELDS)}}
                 if jax.process_index() == 0:
                     pair_data.write_scored_pairs(sampling.pairs_path(pairs_dir, stage, scored=True),
                                                  pair_data.read_pairs(sampling.pairs_path(pairs_dir, stage)), scores)
@@ -278,7 +283,10 @@ def run_iteration(
         else:
             pair_streams = {}
             for index, stage in enumerate(stages):
-                arrays, _ = pair_data.load_pair_arrays(pair_task(stage, scored=True), task_feature_lengths)
+                if stage in scored_arrays:
+                    arrays = scored_arrays[stage]
+                else:
+                    arrays, _ = pair_data.load_pair_arrays(pair_task(stage, scored=True), task_feature_lengths)
                 pair_streams[stage] = streams.Stream(arrays, batch_size, seed=seed * 1000 + index,
                                                      weight_field="pair_weights")
             block_schedule = schedule.BlockSchedule(blocks, {s: st.num_batches for s, st in pair_streams.items()})
