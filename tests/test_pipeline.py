@@ -67,12 +67,14 @@ def test_interrupted_demo_resumes_without_redoing_finished_work(tmp_path, monkey
     assert again["phases"] == state["phases"]
 
 
-def test_demo_explains_a_missing_source_checkout(tmp_path, monkeypatch, capsys):
-    from tinythinker_jax.commands import demo as demo_command
+def test_the_demo_explains_an_install_without_its_gin_files(tmp_path, monkeypatch, capsys):
+    """The gin files ship in the package (and stay beside it in a checkout): without them, one line says so."""
+    from tinythinker_jax import gin_utils
 
-    monkeypatch.setattr(demo_command, "REPO", str(tmp_path))
+    monkeypatch.setattr(gin_utils, "__file__", str(tmp_path / "site" / "tinythinker_jax" / "gin_utils.py"))
     assert demo(tmp_path / "out") == 2
-    assert "pip install -e" in capsys.readouterr().err.splitlines()[-1]
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert "the project's gin files are neither in" in line and "reinstall tinythinker-jax" in line
 
 
 @pytest.mark.parametrize("entry", ["train", "reflect", "pipeline"])
