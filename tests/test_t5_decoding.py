@@ -143,7 +143,8 @@ def test_chain_runner_gives_each_sampled_request_its_own_sample(converted, vocab
     vocabulary = seqio.SentencePieceVocabulary(vocab_path)
     runner = chains.ChainRunner(model, vocabulary, chains.ChainSettings(max_input_length=16))
     first, second = "the first prompt", "another"
-    outputs = runner._generate([first, second, first, second, first], SAMPLING, MAX_DECODE_LENGTH, seed=4)
+    outputs = runner._generate([first, second, first, second, first], SAMPLING, MAX_DECODE_LENGTH, seed=4,
+                               bar=chains.tqdm(disable=True))
     expected = decoding.generate(model, [runner._encode(t) for t in (first, first, second)],
                                  max_decode_length=MAX_DECODE_LENGTH, sampling=SAMPLING, num_decodes=2, seed=4)
     texts = [[vocabulary.decode(decoding.until_eos(row, EOS)) for row in rows] for rows in expected.tokens]

@@ -73,7 +73,7 @@ class ChainRunner:
         return ids
 
     def _generate(self, texts: Sequence[str], sampling: decoding.SamplingConfig, max_length: int, seed: int,
-                  bar: Optional[tqdm] = None) -> list[str]:
+                  bar: tqdm) -> list[str]:
         """One output per text, advancing `bar` by the texts' share of each decoded batch. Every distinct text
         is encoded once: greedy requests for it share one output; sampled ones are samples of that one input
         (`num_decodes`), the k-th request taking the k-th sample, so N chains of one question cost one encoder
@@ -89,18 +89,15 @@ class ChainRunner:
         # At most `batch_size` rows (inputs x samples) per call; a power of two of inputs, which is its own
         # batch bucket, so a full call decodes no padding rows.
         inputs_per_call = 1 << max((self.settings.batch_size // num_decodes).bit_length() - 1, 0)
-        shown = 0
+        start = bar.n
 
         def advance(inputs_done: int) -> None:
-            nonlocal shown
-            assert bar is not None  # `advance` is only handed to `generate` when there is a bar
-            bar.update(len(texts) * inputs_done // len(inputs) - shown)
-            shown = len(texts) * inputs_done // len(inputs)
+            bar.update(start + len(texts) * inputs_done // len(inputs) - bar.n)
 
         result = decoding.generate(
             self.model, [self._encode(t) for t in inputs], max_decode_length=max_length, sampling=sampling,
             num_decodes=num_decodes, seed=seed, batch_size=inputs_per_call, eos_id=eos_id,
-            max_input_length=self.settings.max_input_length, on_batch=advance if bar is not None else None,
+            max_input_length=self.settings.max_input_length, on_batch=advance,
         )
         samples_of: collections.defaultdict[str, list[str]] = collections.defaultdict(list)
         for text, rows in zip(inputs, result.tokens):

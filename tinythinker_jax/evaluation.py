@@ -9,7 +9,7 @@ import jax
 from tinythinker_jax import chains, formats, gin_utils, memory, partitioning
 from tinythinker_jax.data.records import Question, write_json, write_jsonl
 from tinythinker_jax.errors import UserError
-from tinythinker_jax.models import checkpoints, decoding, t5
+from tinythinker_jax.models import checkpoints, decoding
 
 STAGES = (formats.RECALL, formats.ANALYZE, formats.SUMMARIZE)
 # Self-consistency as the official generate.py samples its test chains (GenerationConfiguration with
@@ -61,11 +61,6 @@ def check_chain_settings(settings: chains.ChainSettings) -> None:
         "max_input_length": settings.max_input_length, "max_decode_length": settings.max_decode_length,
         "max_summary_length": settings.max_summary_length, "batch_size": settings.batch_size,
     }, optional=("max_input_length",))
-
-
-def require_chain_batch_fits(settings: chains.ChainSettings, config: t5.T5Config) -> None:
-    """Refuses a chain batch whose decoding step cannot fit in the run's memory (`memory.require_fits`)."""
-    memory.require_fits(chains.ChainSettings, "batch_size", 1, settings.batch_size, config, trains=False)
 
 
 def sampling_summary(settings: chains.ChainSettings) -> dict[str, dict]:
@@ -159,7 +154,7 @@ def evaluate_checkpoint(
         The accuracy and where the files went.
     """
     check_settings(locals())  # first: locals() holds exactly the arguments
-    require_chain_batch_fits(chain_settings, checkpoints.load_config(checkpoint_path))
+    memory.require_chain_batch_fits(chain_settings, checkpoints.load_config(checkpoint_path))
     import tinythinker_tasks
     from tinythinker_jax.data import locations, prepare
 

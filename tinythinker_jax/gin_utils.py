@@ -301,8 +301,9 @@ def require_partitioner(partitioner: Any) -> None:
     require(not data == model == -1, fn, "data", data, "a positive integer when the model axis is -1")
     require_choice(fn, "parameter_partitioning_dims", partitioner.parameter_partitioning_dims, (1, 2))
     devices = len(jax.devices())
-    used = (devices // model if data == -1 else data) * (devices // data if model == -1 else model)
-    if used != devices:
+    try:
+        partitioning.mesh_shape(data, model, devices)
+    except ValueError as e:
         raise UserError(f"the mesh {setting_name(fn, 'data')}={data} x {setting_name(fn, 'model')}="
                         f"{model} does not use the {devices} devices there are: make the product {devices}, "
-                        f"or set one axis to -1")
+                        f"or set one axis to -1") from e

@@ -10,12 +10,12 @@ first steps are turned into one line by `training.loop`.
 
 import math
 import os
-from typing import Callable, cast
+from typing import Any, Callable, Mapping, cast
 
 import jax
 from flax import nnx
 
-from tinythinker_jax import gin_utils
+from tinythinker_jax import chains, gin_utils
 from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import t5
 
@@ -76,3 +76,23 @@ def require_fits(fn: Callable, param: str, rows_per_unit: int, value: int, confi
         raise UserError(f"{gin_utils.setting_name(fn, param)} is {value}: one step needs at least "
                         f"{needed / GIB:,.1f} GiB (parameters{' and gradients' if trains else ''} and one position's "
                         f"logits per row), more than the {described}; lower it")
+
+
+def require_chain_batch_fits(settings: chains.ChainSettings, config: t5.T5Config) -> None:
+    """Refuses a chain batch (`chains.ChainSettings.batch_size` decoded rows) whose step cannot fit."""
+    require_fits(chains.ChainSettings, "batch_size", 1, settings.batch_size, config, trains=False)
+
+
+def require_phase_fits(fn: Callable, arguments: Mapping[str, Any], rows_per_example: int) -> None:
+    """Refuses a training phase whose step (`batch_size` examples of `rows_per_example` rows) or validation
+    chains cannot fit. A pipeline run without gin binding the phase has no model to check yet.
+
+    Args:
+        fn: The phase (`trainer.train`, `iteration.run_iteration`), for the setting's name.
+        arguments: Its arguments, `model_config`, `batch_size` and `chain_settings` among them.
+        rows_per_example: 1 for SFT; 2 for DPO, which runs the policy on the chosen and the rejected text.
+    """
+    config = arguments.get("model_config")
+    if config is not None:
+        require_fits(fn, "batch_size", rows_per_example, arguments["batch_size"], config, trains=True)
+        require_chain_batch_fits(arguments["chain_settings"], config)

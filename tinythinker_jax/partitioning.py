@@ -59,17 +59,27 @@ def standard_logical_axis_rules(
     return tuple(rules)
 
 
-def create_mesh(data: int = -1, model: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A ('data', 'model') mesh; -1 on one axis takes whatever devices the other leaves."""
-    devices = list(devices if devices is not None else jax.devices())
+def mesh_shape(data: int, model: int, num_devices: int) -> tuple[int, int]:
+    """The (data, model) sizes of a mesh over `num_devices`; -1 on one axis takes the devices the other leaves.
+
+    Raises:
+        ValueError: When both axes are -1, or the sizes do not use every device.
+    """
     if data == -1 and model == -1:
         raise ValueError("at most one of data, model may be -1")
     if data == -1:
-        data = len(devices) // model
+        data = num_devices // model
     if model == -1:
-        model = len(devices) // data
-    if data * model != len(devices):
-        raise ValueError(f"mesh data={data} x model={model} does not use all {len(devices)} devices")
+        model = num_devices // data
+    if data * model != num_devices:
+        raise ValueError(f"mesh data={data} x model={model} does not use all {num_devices} devices")
+    return data, model
+
+
+def create_mesh(data: int = -1, model: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ('data', 'model') mesh; -1 on one axis takes whatever devices the other leaves."""
+    devices = list(devices if devices is not None else jax.devices())
+    data, model = mesh_shape(data, model, len(devices))
     return jax.make_mesh(
         (data, model),
         MESH_AXES,

@@ -124,11 +124,7 @@ def check_settings(arguments: Mapping[str, Any]) -> None:
     gin_utils.require_non_negative(sampling.SamplingSettings, "temperature", settings.temperature)
     evaluation.check_chain_settings(arguments["chain_settings"])
     gin_utils.require_partitioner(arguments["partitioner"])
-    model_config = arguments.get("model_config")  # absent when a pipeline runs without gin binding phase 2
-    if model_config is not None:
-        # A DPO step runs the policy on the chosen and the rejected text of each pair.
-        memory.require_fits(fn, "batch_size", 2, arguments["batch_size"], model_config, trains=True)
-        evaluation.require_chain_batch_fits(arguments["chain_settings"], model_config)
+    memory.require_phase_fits(fn, arguments, rows_per_example=2)  # a pair's chosen and rejected text
 
 
 @dataclasses.dataclass(frozen=True)

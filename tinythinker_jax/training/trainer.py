@@ -201,10 +201,7 @@ def check_settings(arguments: Mapping[str, Any]) -> None:
     require_eval_questions(train, arguments["max_eval_questions"])
     evaluation.check_chain_settings(arguments["chain_settings"])
     gin_utils.require_partitioner(arguments["partitioner"])
-    model_config = arguments.get("model_config")  # absent when a pipeline runs without gin binding phase 1
-    if model_config is not None:
-        memory.require_fits(train, "batch_size", 1, arguments["batch_size"], model_config, trains=True)
-        evaluation.require_chain_batch_fits(arguments["chain_settings"], model_config)
+    memory.require_phase_fits(train, arguments, rows_per_example=1)
 
 
 def require_eval_questions(fn: Callable, max_eval_questions: Any) -> None:
