@@ -11,7 +11,7 @@ from tinythinker_jax.data.records import Question, write_json, write_jsonl
 from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import checkpoints, decoding
 
-STAGES = (formats.RECALL, formats.ANALYZE, formats.SUMMARIZE)
+STAGES = formats.STAGES
 # Self-consistency as the official generate.py samples its test chains (GenerationConfiguration with
 # generation_file "test"): recall and analyses at temperature 0.7 over every token (top_k 0), the summary
 # greedy, so that each chain's answer is the one its sampled reasoning leads to.

@@ -17,10 +17,11 @@ from typing import Mapping, Optional, Sequence
 from tinythinker_jax.data.records import Option, Question
 
 RECALL, ANALYZE, SUMMARIZE = "recall", "analyze", "summarize"
+STAGES = (RECALL, ANALYZE, SUMMARIZE)  # every stage, in the chain's order
 
 # Stage type -> the stages it trains and chains at inference, in order.
 STAGE_TYPES: dict[str, tuple[str, ...]] = {
-    "full": (RECALL, ANALYZE, SUMMARIZE),
+    "full": STAGES,
     "summarize": (SUMMARIZE,),
     "recall_summarize": (RECALL, SUMMARIZE),
     "analyze_summarize": (ANALYZE, SUMMARIZE),

@@ -41,6 +41,10 @@ def non_negative_float(text: str) -> float:
     return _number(text, float, "a number >= 0", lambda value: value >= 0)
 
 
+def fraction(text: str) -> float:
+    return _number(text, float, "a number from 0 to 1", lambda value: 0 <= value <= 1)
+
+
 def probability(text: str) -> float:
     """A nucleus (top_p) mass: more than 0, at most 1."""
     return _number(text, float, "a number in (0, 1]", lambda value: 0 < value <= 1)

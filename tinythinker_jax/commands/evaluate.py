@@ -19,7 +19,7 @@ from tinythinker_jax.commands.train import add_distributed_flags, initialize_dis
 from tinythinker_jax.data import benchmarks
 from tinythinker_jax.errors import UserError
 
-STAGES = (formats.RECALL, formats.ANALYZE, formats.SUMMARIZE)
+STAGES = formats.STAGES
 # The flags that set a `chains.ChainSettings` field of the same name.
 CHAIN_FLAGS = ("max_input_length", "max_decode_length", "max_summary_length", "batch_size")
 

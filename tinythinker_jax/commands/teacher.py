@@ -9,23 +9,12 @@ import argparse
 import json
 import os
 
-from tinythinker_jax.commands import non_negative_float, non_negative_int, positive_int
+from tinythinker_jax.commands import fraction, non_negative_float, non_negative_int, positive_int
+from tinythinker_jax.data.benchmarks import BENCHMARKS
 from tinythinker_jax.errors import UserError
 from tinythinker_jax.teacher.client import MAX_CONSECUTIVE_FAILURES
 
-DATASETS = ("csqa", "obqa", "strategyqa", "toyworld", "toyworld_mc4", "toyworld_yesno")
 MIN_RECORDS_SHARE = 0.9
-
-
-def share(text: str) -> float:
-    """A share of the questions: a number from 0 to 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
-    return value
 
 
 def _system_message(args, loaded) -> str:
@@ -174,7 +163,7 @@ def _import_batch(args) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, choices=DATASETS,
+    parser.add_argument("--dataset", required=True, choices=sorted(BENCHMARKS),
                         help="picks the shipped exemplars and the default --samples")
     parser.add_argument("--split_dir", required=True,
                         help="directory with {train,validation,test}.jsonl question records")
@@ -241,7 +230,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--max_consecutive_failures", type=positive_int, default=MAX_CONSECUTIVE_FAILURES,
                      help="stop the run after this many requests in a row failed (after their retries) with no "
                           "answer in between; a 401, 403 or 404 stops it at once")
-    run.add_argument("--min_records_share", type=share, default=MIN_RECORDS_SHARE,
+    run.add_argument("--min_records_share", type=fraction, default=MIN_RECORDS_SHARE,
                      help="exit with an error, writing the report but not the records, when fewer than this share "
                           "of the questions got teacher records (or none did)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
