@@ -12,3 +12,9 @@ EXIT_CODE = 2
 
 class UserError(Exception):
     """A mistake in what the user gave the program, explained in one line."""
+
+
+def in_brief(names: list[str], limit: int = 5) -> str:
+    """Names for a one-line message: the first `limit` of them, then how many more there are."""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more

@@ -11,7 +11,7 @@ from typing import Callable
 
 from tinythinker_jax.data import readers
 from tinythinker_jax.data.records import DataError, Question, question_to_json, write_json, write_jsonl
-from tinythinker_jax.errors import UserError
+from tinythinker_jax.errors import UserError, in_brief
 
 SPLITS = ("train", "validation", "test")
 SPLIT_SEED = 0
@@ -43,11 +43,6 @@ def _raw_path(raw_dir: str, name: str) -> str:
     return path
 
 
-def _ids_in_brief(ids: list[str], shown: int = 5) -> str:
-    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
-    return ", ".join(ids[:shown]) + more
-
-
 def _check_disjoint(files: dict[str, list[Question]]) -> None:
     """A question in two upstream files would land in two splits (in train and in test), so it is an error."""
     seen: dict[str, str] = {}
@@ -56,7 +51,7 @@ def _check_disjoint(files: dict[str, list[Question]]) -> None:
         if shared:
             others = ", ".join(sorted({seen[qid] for qid in shared}))
             raise DataError(path, None, "id", f"question ids also in {others} ({len(shared)}: "
-                                              f"{_ids_in_brief(shared)}); a question must be in one split only, "
+                                              f"{in_brief(shared)}); a question must be in one split only, "
                                               f"so remove them from one of the files")
         seen.update((q.id, path) for q in questions)
 

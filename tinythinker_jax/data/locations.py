@@ -34,7 +34,7 @@ def require_local(path: str, setting: str = "MODEL_DIR") -> None:
     Raises:
         UserError: When `path` is a URL.
     """
-    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path):
+    if is_url(path):
         raise UserError(f"{setting} {path!r} is a URL; mount the bucket (gcsfuse, as launch/tpu_vm.sh does at "
                         f"/gcs/BUCKET) and pass the mounted path")
 
@@ -108,11 +108,6 @@ class VocabularyError(UserError):
             f"{path}: {problem}. Offline, pass a local copy of T5's sentencepiece.model (from {T5_VOCABULARY}, or "
             f"the spiece.model of a checkpoint made by `tinythinker convert`) with --vocab FILE (data preview), "
             f"--gin.VOCABULARY_PATH=\"'FILE'\" (train, reflect, pipeline) or {VOCABULARY_ENV}=FILE (every command)")
-
-
-def vocabulary_error(path: str, problem: str) -> VocabularyError:
-    """The error to raise for a vocabulary at `path` that cannot be used because of `problem`."""
-    return VocabularyError(path, problem)
 
 
 def check_local_vocabulary(path: str) -> None:

@@ -28,6 +28,7 @@ from tinythinker_jax.data.records import (
     teacher_record_to_json,
     write_jsonl,
 )
+from tinythinker_jax.errors import in_brief
 
 TOY_VARIANTS = {"toyworld": "mc5", "toyworld_mc4": "mc4", "toyworld_yesno": "yesno"}
 TOY_VOCABULARY_SIZE = 600
@@ -97,10 +98,9 @@ def _wording(record: dict) -> tuple:
 
 def _refuse(data_dir: str, stale: dict[str, list[str]]) -> DataError:
     split, ids = next(iter(stale.items()))
-    shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
     return DataError(_teacher_split_path(data_dir, split), None, None,
-                     f"the new splits take {len(ids)} of its questions out of {split} or change them ({shown}); "
-                     f"nothing was changed. "
+                     f"the new splits take {len(ids)} of its questions out of {split} or change them "
+                     f"({in_brief(ids)}); nothing was changed. "
                      f"Pass --force to write the new splits and move the teacher files of those splits to "
                      f"teacher/stale-<time>/ (the response cache stays, so a new teacher run pays only for new "
                      f"requests), or split into another --out_dir")

@@ -67,7 +67,7 @@ def read_vocabulary(vocab_path: str) -> bytes:
         with tf.io.gfile.GFile(vocab_path, "rb") as f:
             return f.read()
     except Exception as e:  # tf.errors.OpError and the file systems' own: the URL cannot be read
-        raise locations.vocabulary_error(vocab_path, f"cannot be read ({error_summary(e)})") from e
+        raise locations.VocabularyError(vocab_path, f"cannot be read ({error_summary(e)})") from e
 
 
 def _sentencepiece(vocab_path: str):

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple
 import numpy as np
 from flax import traverse_util
 
-from tinythinker_jax.errors import UserError
+from tinythinker_jax.errors import UserError, in_brief
 from tinythinker_jax.models import checkpoints
 from tinythinker_jax.models.t5 import FEED_FORWARD_PROJS, T5Config
 
@@ -181,21 +181,16 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], config: T5Config) -> dict[
     )
     problems = []
     if missing:
-        problems.append(f"missing tensors {_first(missing)}")
+        problems.append(f"missing tensors {in_brief(missing, 12)}")
     if mismatched:
-        problems.append(f"mismatched tensors {_first(mismatched)}")
+        problems.append(f"mismatched tensors {in_brief(mismatched, 12)}")
     if unexpected:
-        problems.append(f"unexpected tensors (is config.json right for these weights?) {_first(unexpected)}")
+        problems.append(f"unexpected tensors (is config.json right for these weights?) {in_brief(unexpected, 12)}")
     if any(name.startswith("shared.weight") for name in mismatched):
         problems.append(f"config.json says vocab_size={config.vocab_size}")
     if problems:
         raise ConversionError("; ".join(problems))
     return traverse_util.unflatten_dict(flat)
-
-
-def _first(names: list[str], limit: int = 12) -> str:
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
 
 
 def params_to_hf(params: Mapping[str, Any], config: T5Config) -> dict[str, np.ndarray]:
