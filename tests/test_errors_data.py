@@ -39,7 +39,8 @@ GOOD_EXEMPLARS = [{"Q": "Q?", "Options": "A. x, B. y", "Key Information": "k",
                    "Explanations": ["A is incorrect. Because no.", "B is correct. Because yes."]}]
 
 # What a bad input holds, and what the one line must say about it.
-BINARY = (gzip.compress(b'{"id": "q1"}\n' * 4), "NUL bytes")
+# mtime 0: the same bytes, so the same test ids, in every pytest-xdist worker whenever it collects.
+BINARY = (gzip.compress(b'{"id": "q1"}\n' * 4, mtime=0), "NUL bytes")
 LATIN1 = ('{"id": "caf\u00e9"}\n'.encode("latin-1"), "not UTF-8")
 EMPTY = (b"", "is empty")
 BLANK = (b"\n  \n", "is empty")
