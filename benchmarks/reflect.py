@@ -23,9 +23,9 @@ from flax import nnx
 from tinythinker_jax import chains, formats, partitioning
 from tinythinker_jax.data.toyworld import ToyWorld
 from tinythinker_jax.models import decoding, testing
+from tinythinker_jax.phases import optimizers
+from tinythinker_jax.phases.step import make_train_step
 from tinythinker_jax.reflection import losses
-from tinythinker_jax.training import optimizers
-from tinythinker_jax.training.step import make_train_step
 
 
 class Vocabulary:

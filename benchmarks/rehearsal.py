@@ -228,7 +228,7 @@ def split_metrics(rows: list[dict], batch_size: int) -> dict:
 
 def stage_steps(stats: dict, batch_size: int, interval: int, total_steps: int) -> dict[str, int]:
     """How many of `total_steps` each stream trained, by the trainer's own block schedule."""
-    from tinythinker_jax.training import schedule
+    from tinythinker_jax.phases import schedule
 
     stages = list(stats)
     blocks = schedule.BlockSchedule(schedule.stage_blocks(stages, interval, NUM_OPTIONS),

@@ -18,8 +18,9 @@ from flax import nnx
 
 from tinythinker_jax import partitioning
 from tinythinker_jax.models import scoring
-from tinythinker_jax.training import losses, optimizers
-from tinythinker_jax.training.step import make_train_step
+from tinythinker_jax.phases import optimizers
+from tinythinker_jax.phases.step import make_train_step
+from tinythinker_jax.training import losses
 
 # Dense bf16 peak FLOP/s by `device_kind` prefix.
 PEAK_FLOPS = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12, "TPU v4": 275e12,

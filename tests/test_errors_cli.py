@@ -12,6 +12,7 @@ import gin
 from test_report import COMPLETE, make_run
 from tinythinker_jax import cli, errors, evaluation, pipeline
 from tinythinker_jax.data import prepare
+from tinythinker_jax.phases import results, setup
 from tinythinker_jax.reflection import iteration
 from tinythinker_jax.training import trainer
 
@@ -33,7 +34,7 @@ def no_work(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the command started work instead of refusing its input")
 
-    for module, name in ((trainer, "setup_data"), (prepare, "ensure_prepared"), (pipeline, "_data_summary"),
+    for module, name in ((setup, "setup_data"), (prepare, "ensure_prepared"), (pipeline, "_data_summary"),
                          (evaluation, "evaluate_checkpoint_on_mesh")):
         monkeypatch.setattr(module, name, fail)
     monkeypatch.delenv(errors.DEBUG_ENV, raising=False)
@@ -166,8 +167,8 @@ REFLECT_CASES = {
                             ["REFLECT_BATCH_SIZE is 1000000000: one step needs at least"]),
     "zero samples": (["--gin.NUM_SAMPLES=0"], ["NUM_SAMPLES is 0"]),
     "zero questions": (["--gin.REFLECT_MAX_QUESTIONS=0"], ["REFLECT_MAX_QUESTIONS is 0"]),
-    "negative temperature": (["--gin.sampling.SamplingSettings.temperature=-0.5"],
-                             ["sampling.SamplingSettings.temperature is -0.5: it must be a number >= 0"]),
+    "negative temperature": (["--gin.sampling.PairSampling.temperature=-0.5"],
+                             ["sampling.PairSampling.temperature is -0.5: it must be a number >= 0"]),
     "unknown stage type": (["--gin.REFLECT_STAGE_TYPE='recal'"], ["REFLECT_STAGE_TYPE is 'recal'", "'recall'"]),
     "zero beta": (["--gin.BETA=0"], ["BETA is 0: it must be a number > 0"]),
     "mistyped macro": (["--gin.ROUND=3"], ["--gin.ROUND=3", "did you mean ROUNDS"]),
@@ -183,7 +184,7 @@ def test_reflect_refuses_at_start(case, run_dir, tmp_path, capsys):
 
 
 def test_reflect_refuses_an_unwritable_iteration_directory(run_dir, tmp_path, capsys):
-    (run_dir / "sft" / "done.json").write_text('{"validation_accuracy": 0.5, "best_step": 1}')
+    results.write_done(str(run_dir / "sft"), results.PhaseResult("sft", 1, 0.5, 1, {"train": 1.0}, {}))
     (run_dir / "reflect").write_text("a file where the iterations' directory goes")
     check_refused(["reflect", *REFLECT, f"--gin.MODEL_DIR='{run_dir}'"], ["reflect/iteration_1", "cannot be written"],
                   capsys, tmp_path)

@@ -605,12 +605,12 @@ def test_a_vocabulary_larger_than_the_embedding_is_one_line(prepared_toyworld):
     import tinythinker_tasks
     from tinythinker_jax.errors import UserError
     from tinythinker_jax.models import t5
-    from tinythinker_jax.training import trainer
+    from tinythinker_jax.phases import setup
 
     try:
         with pytest.raises(UserError, match=r"spiece.model \(VOCABULARY_PATH\) has 700 ids but the model embeds "
                                             r"only 100: raise t5.model_config.vocab_size"):
-            trainer.setup_data("tinythinker.toyworld.full_stages", prepared_toyworld, None,
+            setup.setup_data("tinythinker.toyworld.full_stages", prepared_toyworld, None,
                                t5.model_config("t5_1_0_tiny", vocab_size=100))
     finally:
         tinythinker_tasks.register_dataset("toyworld")

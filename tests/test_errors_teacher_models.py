@@ -316,7 +316,7 @@ def test_training_from_a_checkpoint_refuses_data_in_another_vocabulary(ckpt_dir,
     """INITIAL_CHECKPOINT_PATH's model reads the data's token ids: the data's vocabulary must be its own;
     a checkpoint saved with the data's vocabulary starts training."""
     from tinythinker_jax.models import checkpoints, t5
-    from tinythinker_jax.training import trainer
+    from tinythinker_jax.phases import setup
 
     with pytest.raises(checkpoints.CheckpointError, match=rf"the vocabulary \(VOCABULARY_PATH\) .* is not the "
                                                           rf"vocabulary of {ckpt_dir}"):
@@ -324,7 +324,7 @@ def test_training_from_a_checkpoint_refuses_data_in_another_vocabulary(ckpt_dir,
     assert not os.path.exists(tmp_path / "refused" / "checkpoints")
 
     config = t5.model_config("t5_1_0_tiny", vocab_size=768)
-    _, _, vocabulary = trainer.setup_data("tinythinker.toyworld.full_stages", small_toyworld, None, config)
+    _, _, vocabulary = setup.setup_data("tinythinker.toyworld.full_stages", small_toyworld, None, config)
     own = str(tmp_path / "own")
     checkpoints.save_checkpoint(own, nnx.state(t5.create_model(config, seed=1), nnx.Param), config,
                                 vocabulary.sentencepiece_model_file)

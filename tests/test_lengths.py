@@ -17,8 +17,9 @@ from tinythinker_jax import chains, formats
 from tinythinker_jax.data import lengths, locations, prepare
 from tinythinker_jax.data.records import Rationale, TeacherRecord, read_questions, teacher_record_to_json, write_jsonl
 from tinythinker_jax.models import decoding, t5
+from tinythinker_jax.phases import setup, streams
 from tinythinker_jax.teacher import parsing
-from tinythinker_jax.training import streams, trainer
+from tinythinker_jax.training import trainer
 
 EOS = 1
 
@@ -112,7 +113,7 @@ def test_csqa_summarize_inputs_over_200_tokens_are_trained_whole(csqa_long, tmp_
     assert stats[formats.SUMMARIZE]["max_input_tokens"] > 200
     assert all(entry["examples_cut"] == entry["tokens_cut"] == 0 for entry in stats.values())
     assert all(ends_with_summarize_cue(vocabulary, row) for row in summarize)
-    trainer.write_data_stats(str(tmp_path / "whole"), stats)
+    setup.write_data_stats(str(tmp_path / "whole"), stats)
     assert json.load(open(tmp_path / "whole" / "data_stats.json")) == stats
     assert "cut" not in capsys.readouterr().out
 
@@ -126,7 +127,7 @@ def test_csqa_summarize_inputs_over_200_tokens_are_trained_whole(csqa_long, tmp_
     assert entry["requested_lengths"] == explicit
     assert not all(ends_with_summarize_cue(vocabulary, row)
                    for row in built[formats.SUMMARIZE].arrays["encoder_input_tokens"])
-    trainer.write_data_stats(str(tmp_path / "cut"), stats)
+    setup.write_data_stats(str(tmp_path / "cut"), stats)
     assert f"summarize: {entry['examples_cut']} of {entry['examples']} examples cut" in capsys.readouterr().out
 
 
@@ -151,7 +152,7 @@ def test_chain_inputs_are_never_cut_by_default_and_cuts_are_counted(csqa_long, m
     assert all(ends_with_summarize_cue(vocabulary, ids) for ids in summarize_inputs)
 
     # A cap is raised to the widest training input, and what it still cuts is counted.
-    capped = trainer.chain_settings_for(chains.ChainSettings(max_input_length=100),
+    capped = setup.chain_settings_for(chains.ChainSettings(max_input_length=100),
                                         {"summarize": {"input_length": 192}})
     assert capped.max_input_length == 192
     sent.clear()

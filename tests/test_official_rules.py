@@ -13,8 +13,8 @@ from tinythinker_jax.data import prepare
 from tinythinker_jax.data.records import make_question
 from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import checkpoints, decoding, t5
+from tinythinker_jax.phases import schedule
 from tinythinker_jax.reflection import iteration
-from tinythinker_jax.training import schedule
 
 # Phase 2's schedule, from hand-made pair counts: 100 recall and 450 analyze pairs at batch 32, 10 rounds.
 COUNTS, BATCH, ROUNDS = {"recall": 100, "analyze": 450}, 32, 10

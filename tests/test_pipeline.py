@@ -13,9 +13,10 @@ from tinythinker_jax import chains, cli, evaluation, pipeline
 from tinythinker_jax.data import records
 from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import t5
+from tinythinker_jax.phases import loop, results
 from tinythinker_jax.reflection import data as pair_data
 from tinythinker_jax.reflection import iteration, sampling
-from tinythinker_jax.training import loop, trainer
+from tinythinker_jax.training import trainer
 
 SMALL = ["--gin.TRAIN_STEPS=4", "--gin.ITERATIONS=1", "--gin.REFLECT_MAX_QUESTIONS=4", "--gin.NUM_SAMPLES=2",
          "--gin.ROUNDS=1", "--gin.trainer.train.max_eval_questions=2", "--gin.trainer.train.eval_every=4",
@@ -51,6 +52,12 @@ def test_interrupted_demo_resumes_without_redoing_finished_work(tmp_path, monkey
     assert state["phases"][1]["pairs"]["recall"] >= 4  # random student: every sampled recall is wrong
     assert all(0.0 <= phase["test_accuracy"] <= 1.0 for phase in state["phases"])
     assert state["config"]["dataset"] == "toyworld_yesno" and state["data"]["teacher_records"] > 0
+    # The configuration comes from the phases' results and the best checkpoint, as the gin files set them.
+    config = state["config"]
+    assert config["model"] == "t5_1_0_tiny (vocab_size 768)" and config["reflect_stage_type"] == "recall_analyze"
+    assert (config["sft"]["batch_size"], config["sft"]["learning_rate"], config["sft"]["train_steps"]) == (32, 1e-3, 4)
+    assert (config["reflect"]["iterations"], config["reflect"]["learning_rate"], config["reflect"]["num_samples"],
+            config["reflect"]["rounds"]) == (1, 2e-5, 2, 1)
     for name in ("report.md", "report.json", "accuracy.png"):
         assert (tmp_path / name).is_file()
     assert "| iteration_1 |" in printed
@@ -64,7 +71,7 @@ def test_interrupted_demo_resumes_without_redoing_finished_work(tmp_path, monkey
         monkeypatch.setattr(module, name, fail)
     assert demo(tmp_path) == 0
     again = json.load(open(tmp_path / "pipeline.json"))
-    assert again["phases"] == state["phases"]
+    assert again["phases"] == state["phases"] and again["config"] == state["config"]
 
 
 def test_the_demo_explains_an_install_without_its_gin_files(tmp_path, monkeypatch, capsys):
@@ -87,7 +94,8 @@ def test_a_url_model_dir_is_refused_before_any_work(entry, tmp_path, monkeypatch
                                        model_config=config),
         "reflect": lambda: iteration.run_iteration(model_dir=url, iteration=1, mixture_or_task_name=mixture,
                                                    task_feature_lengths={}, model_config=config),
-        "pipeline": lambda: pipeline.run_pipeline(model_dir=url, mixture_or_task_name=mixture),
+        "pipeline": lambda: pipeline.run_pipeline(model_dir=url, mixture_or_task_name=mixture,
+                                                  train_phase=trainer.train, reflect_iteration=iteration.run_iteration),
     }[entry]
     with pytest.raises(UserError, match="MODEL_DIR 'gs://bucket/run' is a URL; mount the bucket"):
         run()
@@ -105,3 +113,13 @@ def test_only_the_first_process_writes_an_evaluation(tmp_path, monkeypatch):
     monkeypatch.setattr(jax, "process_index", lambda: 1)
     assert evaluation.evaluate(Runner(), [question], str(tmp_path), split="test").accuracy == 1.0
     assert os.listdir(tmp_path) == []
+
+
+def test_a_done_marker_of_another_version_is_named(tmp_path):
+    """A phase-1 `done.json` written before phases returned one `PhaseResult` stops the run, naming the file."""
+    (tmp_path / "done.json").write_text('{"validation_accuracy": 0.5, "best_step": 1, "wall_seconds": 3.0}')
+    with pytest.raises(UserError, match=f"{tmp_path}/done.json is not a phase result"):
+        results.read_done(str(tmp_path))
+    finished = results.PhaseResult("sft", 4, 0.5, 4, {"train": 3.0}, {"batch_size": 8})
+    results.write_done(str(tmp_path), finished)
+    assert results.read_done(str(tmp_path)) == finished

@@ -273,7 +273,7 @@ def sample_chunk(monkeypatch, seed=0):
     monkeypatch.setattr(chains_module, "ChainRunner", FakeRunner)
     monkeypatch.setattr(pairs, "analyze_pairs", analyze_pairs_spy)
     rows = sampling.sample_chunk(None, None, questions, teacher, chains_module.ChainSettings(),
-                                 sampling.SamplingSettings(num_samples=3), seed)
+                                 sampling.PairSampling(num_samples=3), seed)
     return rows, analysed
 
 
@@ -300,7 +300,7 @@ def test_chunks_from_older_pair_rules_are_refused(tmp_path, monkeypatch):
     """A chunk directory whose settings.json predates the recorded pair rules (sampled under the old rules:
     raw texts, every training question, one analyze pass per distinct recall) is never reused."""
     questions = [make_question("q0", "Question?", [("A", "yes"), ("B", "no")], "A")]
-    settings = sampling.SamplingSettings(num_samples=2, chunk_size=2)
+    settings = sampling.PairSampling(num_samples=2, chunk_size=2)
     monkeypatch.setattr(sampling, "sample_chunk", lambda *args: [])
     sampling.generate_pairs(None, None, questions, {}, str(tmp_path), chains_module.ChainSettings(), settings, 0)
     path = tmp_path / "chunks" / "settings.json"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tinythinker_jax.training.schedule import BlockSchedule, stage_blocks
+from tinythinker_jax.phases.schedule import BlockSchedule, stage_blocks
 
 
 def run(schedule, steps, state=None):

@@ -185,12 +185,12 @@ def test_one_compilation_per_shape_bucket(converted):
     _, model = converted
     inputs = _inputs(model.config.vocab_size, rows=8)
     decoding.generate(model, inputs[:3], max_decode_length=7)
-    compiled = decoding._jitted_decode._cache_size()
+    compiled = decoding._compiled_decode._cache_size()
     # Batches of 3 and 4, input lengths 12 and 11, 7 and 8 steps: all the same buckets.
     decoding.generate(model, inputs[4:8], max_decode_length=8)
     decoding.generate(model, [inputs[0][:11]] * 3, max_decode_length=7)
     decoding.generate(model, inputs[:3], max_decode_length=np.int64(7), eos_id=np.int64(model.config.eos_id))
-    assert decoding._jitted_decode._cache_size() == compiled
+    assert decoding._compiled_decode._cache_size() == compiled
 
 
 def test_max_length_caps_the_length_bucket():
@@ -200,6 +200,11 @@ def test_max_length_caps_the_length_bucket():
     assert batching.bucketed([[5] * 100] * 3, max_length=200).shape == (4, 128)
     with pytest.raises(ValueError, match="longer than max_length=200"):
         batching.bucketed([[5] * 201], max_length=200)
+
+
+def test_batches_by_length_cover_every_index_once():
+    lengths = [5, 1, 4, 1, 3]
+    assert list(batching.by_length(len(lengths), lengths.__getitem__, 2)) == [[1, 3], [4, 2], [0]]
 
 
 @one_flavour

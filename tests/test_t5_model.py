@@ -179,3 +179,10 @@ def test_gin_files_select_named_configs():
 def test_unknown_config_name_lists_known_ones():
     with pytest.raises(ValueError, match="t5_1_1_base"):
         t5.model_config("t5_2_0_small")
+
+
+def test_config_name_names_the_shape():
+    """The report names a model by its shape, whatever dtype and dropout it ran with."""
+    assert t5.config_name(t5.model_config("t5_1_0_base", dtype="bfloat16", dropout_rate=0.0)) == "t5_1_0_base"
+    assert t5.config_name(t5.model_config("t5_1_1_small", vocab_size=768)) == "t5_1_1_small (vocab_size 768)"
+    assert t5.config_name(t5.model_config("t5_1_0_small", d_model=256)) is None

@@ -17,7 +17,8 @@ from processes import run_two_processes
 from tinythinker_jax import errors
 from tinythinker_jax.models import checkpoints as model_checkpoints
 from tinythinker_jax.models import t5
-from tinythinker_jax.training import checkpointing, loop, optimizers, trainer
+from tinythinker_jax.phases import loop, optimizers, results, train_checkpoints
+from tinythinker_jax.training import trainer
 
 STEPS = 6
 
@@ -123,13 +124,13 @@ def test_a_device_out_of_memory_is_one_line_naming_the_batch(small_toyworld, tmp
                                                r"\(RESOURCE_EXHAUSTED: Out of memory while trying to allocate "
                                                r"81.00GiB.\): lower the batch size"):
         train_tiny(tmp_path, small_toyworld)
-    assert not os.path.exists(os.path.join(tmp_path, checkpointing.DONE))
+    assert not os.path.exists(os.path.join(tmp_path, results.DONE))
 
 
 def test_a_best_model_cut_between_its_renames_is_put_back(tmp_path):
     os.makedirs(tmp_path / "best.previous")
     (tmp_path / "best.previous" / "best.json").write_text('{"step": 4}')
-    checkpointing.TrainCheckpoints(str(tmp_path), keep=2).close()
+    train_checkpoints.TrainCheckpoints(str(tmp_path), keep=2).close()
     assert json.loads((tmp_path / "best" / "best.json").read_text()) == {"step": 4}
     assert not os.path.exists(tmp_path / "best.previous")
 
@@ -214,7 +215,7 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 from tinythinker_jax import cli
-from tinythinker_jax.training import loop
+from tinythinker_jax.phases import loop
 run = loop.Loop.run
 if sys.argv[2] == "1":  # a slower host: process 0 writes what follows training (done.json) first
     loop.Loop.run = lambda self: (run(self), time.sleep(3))[0]
@@ -227,7 +228,7 @@ import signal, sys
 import jax
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize("127.0.0.1:" + sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
-from tinythinker_jax.training import loop
+from tinythinker_jax.phases import loop
 preemption = loop.Preemption()
 if jax.process_index() == 1:
     signal.raise_signal(signal.SIGTERM)

@@ -46,11 +46,16 @@ def add_gin_flags(parser: argparse.ArgumentParser) -> None:
                              "the project's own gin/ is searched after them")
 
 
-def parse_gin_flags(args: argparse.Namespace, configurables: Sequence[Callable] = ()) -> None:
-    """Parses a command's `--gin_file`s, then its bindings, with `--gin_search_paths`; see `parse`."""
+def require_gin_files(args: argparse.Namespace) -> None:
+    """Refuses a gin-configured command given no `--gin_file`."""
     if not args.gin_file:
         raise UserError(f"{args.command} needs at least one --gin_file (a run gin from gin/runs/ and an experiment "
                         f"gin from gin/experiments/, as in README.md)")
+
+
+def parse_gin_flags(args: argparse.Namespace, configurables: Sequence[Callable] = ()) -> None:
+    """Parses a command's `--gin_file`s, then its bindings, with `--gin_search_paths`; see `parse`."""
+    require_gin_files(args)
     parse(args.gin_file, args.gin_bindings, args.gin_search_paths.split(","), configurables)
 
 
@@ -209,6 +214,16 @@ def setting_name(fn: Callable, param: str, default: Optional[str] = None) -> str
     if value is None and default is not None:
         return default
     return f"{_configurable_name(fn)}.{param}"
+
+
+def write_config_files(model_dir: str) -> None:
+    """`model_dir/config.gin` (every binding parsed) and `operative_config.gin` (those used so far), as T5X
+    writes them."""
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "config.gin"), "w") as f:
+        f.write(gin.config_str())
+    with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
+        f.write(gin.operative_config_str())
 
 
 def bound_arguments(fn: Callable) -> dict[str, Any]:

@@ -5,7 +5,7 @@ data loading by an allocation error or, on a CPU, by the kernel's out-of-memory 
 nothing). The floor counts only what every step surely holds at once, so it never refuses a run that fits:
 the float32 parameters and their gradients, and the logits of one target position per row. Real steps need
 far more (activations over whole sequences, the optimizer's state); `RESOURCE_EXHAUSTED` errors from the
-first steps are turned into one line by `training.loop`.
+first steps are turned into one line by `phases.loop`.
 """
 
 import math

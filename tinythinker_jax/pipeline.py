@@ -9,51 +9,49 @@ piece and is what `report` reads.
 
 import os
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 
-import gin
 import tinythinker_tasks
 from tinythinker_jax import chains, evaluation, formats, gin_utils, partitioning, report
 from tinythinker_jax.data import benchmarks, examples, locations, records
-from tinythinker_jax.models import checkpoints, decoding
-from tinythinker_jax.reflection import iteration as reflection
-from tinythinker_jax.training import checkpointing, trainer
+from tinythinker_jax.models import checkpoints, decoding, t5
+from tinythinker_jax.phases import layout, markers, results, setup, train_checkpoints
 
 PIPELINE_JSON = "pipeline.json"
-OPTIMIZER = "tinythinker_jax.training.optimizers.create_optimizer"  # reflect/ scopes phase 2's
+# How the pipeline runs a phase: `train(model_dir=..., data_dir=...)` for phase 1 and
+# `run_iteration(model_dir=..., iteration=..., data_dir=...)` for each iteration, as gin configures them.
+PhaseFn = Callable[..., results.PhaseResult]
 
 
-def _model_name(config) -> str:
-    """The model gin's config name (e.g. t5_1_0_base), else the shape."""
-    try:
-        return gin.query_parameter("tinythinker_jax.models.t5.model_config.name")
-    except ValueError:
-        return f"T5 d_model={config.d_model} layers={config.num_encoder_layers}+{config.num_decoder_layers}"
+def model_name(config: t5.T5Config) -> str:
+    """The name of the model's shape (e.g. t5_1_0_base), else the shape itself."""
+    return t5.config_name(config) or (f"T5 d_model={config.d_model} "
+                                      f"layers={config.num_encoder_layers}+{config.num_decoder_layers}")
 
 
-def _config_summary(mixture_or_task_name: str, iterations: int) -> dict:
-    """The settings a reader of the report needs, read back from the parsed gin config."""
+def config_summary(mixture_or_task_name: str, sft: results.PhaseResult, iterations: int,
+                   iteration_results: Sequence[results.PhaseResult], model: str) -> dict:
+    """The settings a reader of the report needs, from what the phases report (the first iteration's
+    settings stand for all: gin gives every iteration the same)."""
     dataset, stage_type = tinythinker_tasks.parse_stage_mixture(mixture_or_task_name)
-    sft = gin.get_bindings(trainer.train)
-    reflect = gin.get_bindings(reflection.run_iteration)
-    sft_optimizer = gin.get_bindings(OPTIMIZER)
-    reflect_optimizer = gin.get_bindings(f"reflect/{OPTIMIZER}")
-    sampling = reflect.get("sampling_settings")
+    reflect = dict(iteration_results[0].settings) if iteration_results else {}
     return {
-        "dataset": dataset, "model": _model_name(sft["model_config"]), "stage_type": stage_type,
-        "reflect_stage_type": reflect.get("stage_type", "recall_analyze"),
+        "dataset": dataset, "model": model, "stage_type": stage_type,
+        "reflect_stage_type": reflect.pop("stage_type", None),
         "num_options": benchmarks.get_benchmark(dataset).num_options,
-        "sft": {"batch_size": sft.get("batch_size"), "learning_rate": sft_optimizer.get("learning_rate"),
-                "epochs": sft.get("epochs"), "train_steps": sft.get("train_steps"), "interval": sft.get("interval")},
-        "reflect": {"iterations": iterations, "batch_size": reflect.get("batch_size"),
-                    "learning_rate": reflect_optimizer.get("learning_rate"), "beta": reflect.get("beta"),
-                    "alpha": reflect.get("alpha"), "rounds": reflect.get("rounds"),
-                    "num_samples": getattr(sampling, "num_samples", None),
-                    "temperature": getattr(sampling, "temperature", None),
-                    "max_questions": reflect.get("max_questions")},
+        "sft": dict(sft.settings), "reflect": {"iterations": iterations, **reflect},
     }
+
+
+def phase_summary(result: results.PhaseResult) -> dict:
+    """A phase's entry in `pipeline.json`, before its test accuracies."""
+    entry: dict[str, Any] = {"name": result.name, "validation_accuracy": result.best_accuracy,
+                             "best_step": result.best_step, "wall_seconds": sum(result.wall_seconds.values())}
+    if result.pairs:
+        entry.update(pairs=result.pairs, wall_seconds_by_step=result.wall_seconds)
+    return entry
 
 
 def _data_summary(data_dir: str, stage_type: str) -> dict:
@@ -67,7 +65,7 @@ def _test_accuracy(checkpoint: str, out_dir: str, questions, settings: chains.Ch
                    partitioner: partitioning.Partitioner, num_chains: int = 1, seed: int = 0) -> float:
     """The checkpoint's accuracy on the test questions (a vote when `num_chains` > 1), computed once, on the
     partitioner's mesh."""
-    summary = checkpointing.read_marker_before_the_step(os.path.join(out_dir, "summary_test.json"))
+    summary = markers.read_marker_before_the_step(os.path.join(out_dir, "summary_test.json"))
     if summary is not None:
         return summary["accuracy"]
     return evaluation.evaluate_checkpoint_on_mesh(
@@ -79,6 +77,8 @@ def run_pipeline(
     *,
     model_dir: str,
     mixture_or_task_name: str,
+    train_phase: PhaseFn,
+    reflect_iteration: PhaseFn,
     iterations: int = 5,
     test_num_chains: int = 0,
     test_temperature: float = 0.7,
@@ -89,12 +89,15 @@ def run_pipeline(
     partitioner: partitioning.Partitioner = partitioning.Partitioner(),
 ) -> Optional[dict]:
     """Runs (or continues) the whole method: phase 1, `iterations` self-reflection iterations, the test
-    evaluation of every phase's best model, and `model_dir/report.md`. Each phase runs as gin configures
-    `trainer.train` and `iteration.run_iteration`; finished phases are found by their markers and skipped.
+    evaluation of every phase's best model, and `model_dir/report.md`. Finished phases are found by their
+    markers and skipped.
 
     Args:
         model_dir: The run directory (`MODEL_DIR`): `sft/`, `reflect/iteration_<i>/`, `pipeline.json`, the report.
         mixture_or_task_name: The stage mixture (it names the dataset and the chain's stage type).
+        train_phase: Phase 1, called with `model_dir` and `data_dir` (gin: `@trainer.train`, configured).
+        reflect_iteration: One iteration, called with `model_dir`, `iteration` and `data_dir` (gin:
+            `@iteration.run_iteration`, configured).
         iterations: Self-reflection iterations after phase 1 (0: phase 1 only).
         test_num_chains: Chains per test question for the self-consistency vote (0 or 1: greedy only).
         test_temperature: The sampling temperature of the vote's sampled stages (top_k 0).
@@ -110,14 +113,13 @@ def run_pipeline(
         resume).
     """
     check_settings(locals())  # first: locals() holds exactly the arguments
-    trainer.require_model_dir(run_pipeline, model_dir)
+    setup.require_model_dir(run_pipeline, model_dir)
     started = time.time()
     dataset, stage_type = tinythinker_tasks.parse_stage_mixture(mixture_or_task_name)
     data_dir = data_dir or locations.dataset_dir(dataset)
     path = os.path.join(model_dir, PIPELINE_JSON)
-    previous = checkpointing.read_marker(path) or {}
-    state = {"config": _config_summary(mixture_or_task_name, iterations), "phases": [],
-             "wall_seconds": previous.get("wall_seconds", 0.0)}
+    previous = markers.read_marker(path) or {}
+    state: dict[str, Any] = {"phases": [], "wall_seconds": previous.get("wall_seconds", 0.0)}
 
     def save(final: bool = False) -> None:
         state["wall_seconds"] = previous.get("wall_seconds", 0.0) + time.time() - started
@@ -126,26 +128,25 @@ def run_pipeline(
             if final:
                 report.write_report(model_dir)
 
-    sft_dir = reflection.sft_dir(model_dir)
-    sft_done_path = os.path.join(sft_dir, checkpointing.DONE)
-    if checkpointing.read_marker(sft_done_path) is None:
-        if gin.get_configurable(trainer.train)(model_dir=sft_dir, data_dir=data_dir).preempted:
-            save()
-            return None
-    sft_done = checkpointing.read_marker(sft_done_path)
-    assert sft_done is not None  # phase 1 finished unpreempted, so it wrote its DONE marker
+    sft_dir = layout.sft_dir(model_dir)
+    sft = results.read_done(sft_dir, before_the_step=True) or train_phase(model_dir=sft_dir, data_dir=data_dir)
+    if sft.preempted:
+        save()
+        return None
+    sft_best = train_checkpoints.best_dir(sft_dir)
+    model = model_name(checkpoints.load_config(sft_best))
+    state["config"] = config_summary(mixture_or_task_name, sft, iterations, [], model)
     state["data"] = _data_summary(data_dir, stage_type)
-    tinythinker_tasks.register_dataset(dataset, data_dir, checkpoints.vocab_path(checkpointing.best_dir(sft_dir)))
+    tinythinker_tasks.register_dataset(dataset, data_dir, checkpoints.vocab_path(sft_best))
     test_questions = tinythinker_tasks.load_questions(dataset, "test")[:max_test_questions]
     # The chains read generated text: a cap, if set, never cuts below the widest input phase 1 trained on.
-    chain_settings = trainer.chain_settings_for(
-        chain_settings, checkpointing.read_marker(os.path.join(sft_dir, trainer.DATA_STATS)) or {})
+    chain_settings = setup.chain_settings_for(chain_settings, setup.read_data_stats(sft_dir))
     voting = evaluation.stage_settings(chain_settings, decoding.SamplingConfig(temperature=test_temperature),
                                        test_sampled_stages)
 
-    def tested(phase: dict, phase_dir: str) -> dict:
-        best = checkpointing.best_dir(phase_dir)
-        phase["data_stats"] = checkpointing.read_marker(os.path.join(phase_dir, trainer.DATA_STATS))
+    def tested(result: results.PhaseResult, phase_dir: str) -> dict:
+        phase, best = phase_summary(result), train_checkpoints.best_dir(phase_dir)
+        phase["data_stats"] = setup.read_data_stats(phase_dir)
         phase["test_accuracy"] = _test_accuracy(best, os.path.join(phase_dir, "test"), test_questions,
                                                 chain_settings, partitioner)
         phase["test_self_consistency_accuracy"] = None
@@ -155,25 +156,25 @@ def run_pipeline(
                 test_num_chains)
         return phase
 
-    state["phases"].append(tested({"name": "sft", **sft_done}, sft_dir))
+    state["phases"].append(tested(sft, sft_dir))
     save()
+    iteration_results = []
     for i in range(1, iterations + 1):
-        result = gin.get_configurable(reflection.run_iteration)(model_dir=model_dir, iteration=i, data_dir=data_dir)
+        result = reflect_iteration(model_dir=model_dir, iteration=i, data_dir=data_dir)
         if result.preempted:
             save()
             return None
-        phase = {"name": f"iteration_{i}", "validation_accuracy": result.best_accuracy, "best_step": result.best_step,
-                 "pairs": result.pairs, "wall_seconds_by_step": result.wall_seconds,
-                 "wall_seconds": sum(result.wall_seconds.values())}
-        state["phases"].append(tested(phase, reflection.iteration_dir(model_dir, i)))
+        iteration_results.append(result)
+        state["config"] = config_summary(mixture_or_task_name, sft, iterations, iteration_results, model)
+        state["phases"].append(tested(result, layout.iteration_dir(model_dir, i)))
         save()
     save(final=True)
     return state
 
 
 def check_settings(arguments: Mapping[str, Any]) -> None:
-    """The start of `run_pipeline`: refuses, before phase 1 starts, its own bad settings and those of phase 1
-    and of the iterations it will run (as gin binds them), naming each as the user set it.
+    """The start of `run_pipeline`: refuses, before phase 1 starts, its own bad settings, naming each as the
+    user set it. (Each phase checks its own when it starts; the `pipeline` command checks them all first.)
 
     Args:
         arguments: `run_pipeline`'s arguments.
@@ -192,10 +193,3 @@ def check_settings(arguments: Mapping[str, Any]) -> None:
                                optional=("max_test_questions",))
     evaluation.check_chain_settings(arguments["chain_settings"])
     gin_utils.require_partitioner(arguments["partitioner"])
-    for check, phase in ((trainer.check_settings, trainer.train),
-                         (reflection.check_settings, reflection.run_iteration)):
-        check({"mixture_or_task_name": arguments["mixture_or_task_name"], **gin_utils.bound_arguments(phase)})
-
-
-# What a pipeline run calls through gin; the commands evaluate their gin settings before it starts.
-CONFIGURABLES = (run_pipeline, trainer.train, reflection.run_iteration)

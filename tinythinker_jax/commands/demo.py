@@ -8,17 +8,16 @@ EXPERIMENT = "gin/experiments/toyworld_yesno_t5_mini_pipeline.gin"
 
 def _demo(args) -> int:
     import gin
-    from tinythinker_jax import gin_utils, pipeline
+    from tinythinker_jax import pipeline
+    from tinythinker_jax.commands.reflect import parse_pipeline_gin
     from tinythinker_jax.data import locations, prepare
 
     locations.require_local(args.out, "--out")
     out = os.path.abspath(args.out)
     data_dir = os.path.join(out, "data")
     # Every setting is checked before the toy world is made, so a mistyped --gin.KEY stops at once.
-    gin_utils.parse(["gin/runs/pipeline.gin", EXPERIMENT],
-                    [f"MODEL_DIR = {out!r}", f"DATA_DIR = {data_dir!r}", *args.gin_bindings],
-                    configurables=pipeline.CONFIGURABLES)
-    pipeline.check_settings(gin_utils.bound_arguments(pipeline.run_pipeline))
+    parse_pipeline_gin(["gin/runs/pipeline.gin", EXPERIMENT],
+                       [f"MODEL_DIR = {out!r}", f"DATA_DIR = {data_dir!r}", *args.gin_bindings])
     locations.require_writable(out, "--out")
     print(f"TinyThinker demo -> {out}\n"
           "1/4 toy world: questions, template-teacher rationales, vocabulary")

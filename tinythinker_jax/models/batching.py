@@ -5,7 +5,7 @@ Lengths step by factors of 1.5 and 4/3 (8, 12, 16, 24, 32, 48, ...), so padding 
 of a sequence; batch sizes are powers of two.
 """
 
-from typing import Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -47,3 +47,11 @@ def bucketed(sequences: Sequence[Sequence[int]], pad_id: int = 0, max_length: in
             raise ValueError(f"sequence of length {longest} is longer than max_length={max_length}")
         length = min(length, max_length)
     return pad_sequences(sequences, length, bucket_batch_size(len(sequences)), pad_id)
+
+
+def by_length(count: int, length_of: Callable[[int], Any], batch_size: int) -> Iterator[list[int]]:
+    """The indices 0..count-1 in batches of `batch_size` (the last may be smaller), sorted by `length_of`, so
+    each batch pads to a tight shape bucket; callers put each batch's results back at its indices."""
+    order = sorted(range(count), key=length_of)
+    for start in range(0, count, batch_size):
+        yield order[start:start + batch_size]

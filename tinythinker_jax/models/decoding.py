@@ -8,7 +8,6 @@ list, so results do not depend on batching or padding.
 """
 
 import dataclasses
-import functools
 from typing import Callable, NamedTuple, Sequence
 
 import jax
@@ -17,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from tinythinker_jax import partitioning
-from tinythinker_jax.models import batching
+from tinythinker_jax.models import batching, compiled
 from tinythinker_jax.models.scoring import token_log_likelihoods
 from tinythinker_jax.models.t5 import LayerCache, T5Transformer
 
@@ -164,14 +163,7 @@ def decode(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cache_length", "sampling", "num_decodes"))
-def _jitted_decode(graphdef, state, encoder_input_tokens, rng, example_ids, max_steps, eos_id, *, cache_length,
-                   sampling, num_decodes):
-    model = nnx.merge(graphdef, state)
-    return decode(
-        model, encoder_input_tokens, rng, example_ids, max_steps, cache_length=cache_length, sampling=sampling,
-        num_decodes=num_decodes, eos_id=eos_id,
-    )
+_compiled_decode = compiled.jit_on_state(decode, static_argnames=("cache_length", "sampling", "num_decodes"))
 
 
 def generate(
@@ -204,22 +196,22 @@ def generate(
     cache_length = batching.bucket_length(max_decode_length)
     # One argument type whatever integer type the caller passes, so no call compiles a second time.
     eos = np.int32(model.config.eos_id if eos_id is None else eos_id)
-    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
     tokens = np.zeros((len(inputs), num_decodes, max_decode_length), np.int32)
     log_likelihood = np.zeros((len(inputs), num_decodes), np.float32)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    decoded = 0
+    for chunk in batching.by_length(len(inputs), lambda i: len(inputs[i]), batch_size):
         encoder_input_tokens = batching.bucketed([inputs[i] for i in chunk], model.config.pad_id, max_input_length)
         example_ids = np.full(encoder_input_tokens.shape[0], -1, np.int32)
         example_ids[: len(chunk)] = chunk
-        result = _jitted_decode(
-            graphdef, state, encoder_input_tokens, rng, example_ids, np.int32(max_decode_length), eos,
-            cache_length=cache_length, sampling=sampling, num_decodes=num_decodes,
+        result = _compiled_decode(
+            graphdef, state, encoder_input_tokens, rng, example_ids, np.int32(max_decode_length),
+            cache_length=cache_length, sampling=sampling, num_decodes=num_decodes, eos_id=eos,
         )
         tokens[chunk] = partitioning.to_host(result.tokens)[: len(chunk), :, :max_decode_length]
         log_likelihood[chunk] = partitioning.to_host(result.log_likelihood)[: len(chunk)]
+        decoded += len(chunk)
         if on_batch is not None:
-            on_batch(start + len(chunk))
+            on_batch(decoded)
     return DecodeResult(tokens, log_likelihood)
 
 

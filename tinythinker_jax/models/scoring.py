@@ -4,7 +4,6 @@ DPO, and one encoder pass shared by many candidate targets of the same input.
 Targets follow the T5 convention: token ids ending in EOS, padded with 0, which never counts.
 """
 
-import functools
 from typing import Sequence
 
 import jax
@@ -13,7 +12,7 @@ import numpy as np
 from flax import nnx
 
 from tinythinker_jax import partitioning
-from tinythinker_jax.models import batching
+from tinythinker_jax.models import batching, compiled
 from tinythinker_jax.models.t5 import T5Transformer
 
 
@@ -67,9 +66,7 @@ def candidates_log_likelihood(
     return _summed(model, logits, targets, weights).reshape(batch, candidates)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _jitted_sequence_log_likelihood(graphdef, state, encoder_input_tokens, decoder_target_tokens):
-    return sequence_log_likelihood(nnx.merge(graphdef, state), encoder_input_tokens, decoder_target_tokens)
+_compiled_sequence_log_likelihood = compiled.jit_on_state(sequence_log_likelihood)
 
 
 def score(
@@ -97,12 +94,10 @@ def score(
     if len(inputs) != len(targets):
         raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
     graphdef, state = nnx.split(model)
-    order = sorted(range(len(inputs)), key=lambda i: (len(inputs[i]), len(targets[i])))
     scores = np.zeros(len(inputs), np.float32)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    for chunk in batching.by_length(len(inputs), lambda i: (len(inputs[i]), len(targets[i])), batch_size):
         encoder_input_tokens = batching.bucketed([inputs[i] for i in chunk], max_length=max_input_length)
         decoder_target_tokens = batching.bucketed([targets[i] for i in chunk], max_length=max_target_length)
-        chunk_scores = _jitted_sequence_log_likelihood(graphdef, state, encoder_input_tokens, decoder_target_tokens)
+        chunk_scores = _compiled_sequence_log_likelihood(graphdef, state, encoder_input_tokens, decoder_target_tokens)
         scores[chunk] = partitioning.to_host(chunk_scores)[: len(chunk)]
     return scores

@@ -13,7 +13,7 @@ carries `logical_axes` metadata and the main activations are constrained by logi
 
 import dataclasses
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -108,6 +108,15 @@ def model_config(name: str, **overrides: Any) -> T5Config:
     if name not in CONFIGS:
         raise ValueError(f"unknown model config {name!r}; known: {sorted(CONFIGS)}")
     return CONFIGS[name].replace(**overrides)
+
+
+def config_name(config: T5Config) -> Optional[str]:
+    """The name in `CONFIGS` of `config`'s shape (its compute dtype and dropout aside), with its vocabulary size
+    when that differs (e.g. `t5_1_0_mini (vocab_size 768)`), or None for another shape."""
+    for name, known in CONFIGS.items():
+        if known.replace(dtype=config.dtype, dropout_rate=config.dropout_rate, vocab_size=config.vocab_size) == config:
+            return name if known.vocab_size == config.vocab_size else f"{name} (vocab_size {config.vocab_size})"
+    return None
 
 
 def relative_position_buckets(

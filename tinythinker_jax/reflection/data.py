@@ -6,7 +6,6 @@ SeqIO tasks (`tinythinker_tasks.register_pair_task`) tokenise the files; this mo
 fixed-shape arrays and scores them in one sharded pass.
 """
 
-import functools
 import math
 from typing import Sequence
 
@@ -18,6 +17,7 @@ from tqdm import tqdm
 from tinythinker_jax import partitioning
 from tinythinker_jax.data import lengths
 from tinythinker_jax.data.records import DataError, JsonFields, iter_json_lines, write_jsonl
+from tinythinker_jax.models import compiled
 from tinythinker_jax.models.t5 import T5Transformer
 from tinythinker_jax.reflection import losses
 
@@ -73,9 +73,7 @@ def load_pair_arrays(task_name: str,
     return arrays, lengths.stream_stats(inputs, list(targets.values()), feature_lengths)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _jitted_pair_log_likelihoods(graphdef, state, batch):
-    return losses.pair_log_likelihoods(nnx.merge(graphdef, state), batch)
+_compiled_pair_log_likelihoods = compiled.jit_on_state(losses.pair_log_likelihoods)
 
 
 def score_pairs(model: T5Transformer, arrays: dict[str, np.ndarray], batch_size: int,
@@ -94,6 +92,6 @@ def score_pairs(model: T5Transformer, arrays: dict[str, np.ndarray], batch_size:
         rows = np.arange(start, start + batch_size) % num_pairs  # the last batch is topped up with repeats
         local = {name: arrays[name][rows][mine] for name in names}
         real = min(batch_size, num_pairs - start)
-        likelihoods = _jitted_pair_log_likelihoods(graphdef, state, partitioner.global_batch(local))
+        likelihoods = _compiled_pair_log_likelihoods(graphdef, state, partitioner.global_batch(local))
         scores[start:start + real] = partitioner.to_host(likelihoods)[:real]
     return scores

@@ -14,7 +14,6 @@ them by DPO+RPO, and the best model by validation accuracy becomes M(i).
 A step whose marker exists is never redone, so re-running the same command continues where it stopped.
 """
 
-import dataclasses
 import functools
 import os
 import time
@@ -29,34 +28,14 @@ from tinythinker_jax import chains, evaluation, gin_utils, memory, partitioning
 from tinythinker_jax.data import lengths, locations, records
 from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import t5
+from tinythinker_jax.phases import layout, loop, optimizers, results, schedule, setup, streams, train_checkpoints
+from tinythinker_jax.phases.markers import read_marker_before_the_step, write_marker
 from tinythinker_jax.reflection import data as pair_data
 from tinythinker_jax.reflection import losses, sampling
-from tinythinker_jax.training import checkpointing, loop, optimizers, schedule, streams, trainer
-from tinythinker_jax.training.checkpointing import read_marker, read_marker_before_the_step, write_marker
 
-SFT = "sft"
-# Which pair sets DPO trains on (the paper's ablations); both are always generated, since analyze
-# pairs start from the chosen recalls.
-# The pair sets each phase-2 stage type trains on (`formats.STAGE_TYPES` are the chain's stage types).
+# The pair sets each phase-2 stage type trains on (the paper's DPO ablations; `formats.STAGE_TYPES` are the
+# chain's stage types). Both are always generated, since analyze pairs start from the chosen recalls.
 PAIR_STAGE_TYPES = {"recall": ("recall",), "analyze": ("analyze",), "recall_analyze": ("recall", "analyze")}
-
-
-def sft_dir(model_dir: str) -> str:
-    return os.path.join(model_dir, SFT)
-
-
-def iteration_dir(model_dir: str, iteration: int) -> str:
-    return os.path.join(model_dir, "reflect", f"iteration_{iteration}")
-
-
-def previous_dir(model_dir: str, iteration: int) -> str:
-    """Where M(iteration - 1) comes from: phase 1 for the first iteration, else the previous iteration."""
-    return sft_dir(model_dir) if iteration == 1 else iteration_dir(model_dir, iteration - 1)
-
-
-def reference_checkpoint(model_dir: str, iteration: int) -> str:
-    """M(iteration - 1), the best model of the previous phase."""
-    return checkpointing.best_dir(previous_dir(model_dir, iteration))
 
 
 def pair_blocks(counts: dict[str, int], stage_type: str, batch_size: int) -> tuple[tuple[str, int], ...]:
@@ -114,27 +93,17 @@ def check_settings(arguments: Mapping[str, Any]) -> None:
     gin_utils.require_choice(fn, "stage_type", arguments["stage_type"], PAIR_STAGE_TYPES)
     gin_utils.require_positive(fn, {name: arguments[name] for name in (
         "batch_size", "rounds", "max_questions", "keep_checkpoints", "log_every")}, optional=("max_questions",))
-    trainer.require_eval_questions(fn, arguments["max_eval_questions"])
+    setup.require_eval_questions(fn, arguments["max_eval_questions"])
     beta, alpha = arguments["beta"], arguments["alpha"]
     gin_utils.require(gin_utils.is_number(beta) and beta > 0, fn, "beta", beta, "a number > 0")
     gin_utils.require_non_negative(fn, "alpha", alpha)
-    settings = arguments["sampling_settings"]
-    gin_utils.require_positive(sampling.SamplingSettings,
+    settings = arguments["pair_sampling"]
+    gin_utils.require_positive(sampling.PairSampling,
                                {"num_samples": settings.num_samples, "chunk_size": settings.chunk_size})
-    gin_utils.require_non_negative(sampling.SamplingSettings, "temperature", settings.temperature)
+    gin_utils.require_non_negative(sampling.PairSampling, "temperature", settings.temperature)
     evaluation.check_chain_settings(arguments["chain_settings"])
     gin_utils.require_partitioner(arguments["partitioner"])
     memory.require_phase_fits(fn, arguments, rows_per_example=2)  # a pair's chosen and rejected text
-
-
-@dataclasses.dataclass(frozen=True)
-class IterationResult:
-    iteration: int
-    best_accuracy: Optional[float]  # None (and best_step too) only when preempted before the first validation
-    best_step: Optional[int]
-    pairs: dict[str, int]
-    wall_seconds: dict[str, float]  # per step: generate, score, train
-    preempted: bool = False
 
 
 def run_iteration(
@@ -151,7 +120,7 @@ def run_iteration(
     alpha: float = 0.5,
     data_dir: Optional[str] = None,
     vocabulary_path: Optional[str] = None,
-    sampling_settings: sampling.SamplingSettings = sampling.SamplingSettings(),
+    pair_sampling: sampling.PairSampling = sampling.PairSampling(),
     chain_settings: chains.ChainSettings = chains.ChainSettings(),
     create_optimizer: Callable[[int], optimizers.Optimizer] = optimizers.create_optimizer,
     max_questions: Optional[int] = None,
@@ -160,7 +129,7 @@ def run_iteration(
     partitioner: partitioning.Partitioner = partitioning.Partitioner(),
     keep_checkpoints: int = 2,
     log_every: int = 10,
-) -> IterationResult:
+) -> results.PhaseResult:
     """Phase 2, one self-reflection iteration: sample chains with M(i-1), build recall and analyze pairs,
     score them with the frozen reference, train M(i) with DPO plus NLL, keep its best by validation.
 
@@ -179,7 +148,7 @@ def run_iteration(
         alpha: The weight of the NLL term on the chosen text (RPO).
         data_dir: The prepared dataset directory.
         vocabulary_path: The SentencePiece model of the data, as in phase 1.
-        sampling_settings: Chains per question, temperature and chunking of the sampling step.
+        pair_sampling: Chains per question, temperature and chunking of the sampling step.
         chain_settings: Decoding limits of the sampled and the validation chains.
         create_optimizer: Builds the optimizer for the total number of steps.
         max_questions: Sample only the first N training questions with teacher records (the paper: all).
@@ -190,8 +159,9 @@ def run_iteration(
         log_every: Steps between metric fetches.
 
     Returns:
-        The iteration, its best validation accuracy and step (None when SIGTERM stopped it first), the pair
-        counts, the wall time of each step and whether it was stopped.
+        The phase's result (`iteration_<i>`): its best validation accuracy and step (None when SIGTERM stopped
+        it first), the pair counts, the wall time of each step (generate, score, train), the settings and
+        whether it was stopped.
     """
     check_settings(locals())  # first: locals() holds exactly the arguments
     if not (gin_utils.is_int(iteration) and iteration >= 1):
@@ -199,34 +169,32 @@ def run_iteration(
                         f"{iteration!r}: it must be a positive integer (iteration 1 starts from phase 1)")
     model_dir_setting = gin_utils.setting_name(run_iteration, "model_dir", default="MODEL_DIR")
     locations.require_local(model_dir, model_dir_setting)
-    out_dir = iteration_dir(model_dir, iteration)
-    done = read_marker_before_the_step(os.path.join(out_dir, checkpointing.DONE))
+    out_dir = layout.iteration_dir(model_dir, iteration)
+    done = results.read_done(out_dir, before_the_step=True)
     if done is not None:
-        return IterationResult(**done)
+        return done
     # An interrupted phase already has a best/ (its best model so far), which is not M(i-1) yet.
-    previous = previous_dir(model_dir, iteration)
-    if read_marker(os.path.join(previous, checkpointing.DONE)) is None:
+    previous = layout.previous_dir(model_dir, iteration)
+    if results.read_done(previous) is None:
         phase = "phase 1" if iteration == 1 else f"iteration {iteration - 1}"
         raise UserError(f"iteration {iteration} starts from M({iteration - 1}), the best model of {phase}, "
-                        f"but {phase} is not finished (no {os.path.join(previous, checkpointing.DONE)}): "
+                        f"but {phase} is not finished (no {results.done_path(previous)}): "
                         f"run {phase} first, or again to finish it")
     locations.require_writable(out_dir, model_dir_setting)
-    reference_path = reference_checkpoint(model_dir, iteration)
+    reference_path = layout.reference_checkpoint(model_dir, iteration)
     # The chains read generated text: never cut below the widest input phase 1 trained on.
-    phase1_stats = read_marker(os.path.join(sft_dir(model_dir), trainer.DATA_STATS))
-    if phase1_stats:
-        chain_settings = trainer.chain_settings_for(chain_settings, phase1_stats)
-    dataset, chain_type, vocabulary = trainer.setup_data(mixture_or_task_name, data_dir, vocabulary_path, model_config)
+    chain_settings = setup.chain_settings_for(chain_settings, setup.read_data_stats(layout.sft_dir(model_dir)))
+    dataset, chain_type, vocabulary = setup.setup_data(mixture_or_task_name, data_dir, vocabulary_path, model_config)
     data_dir = data_dir or locations.dataset_dir(dataset)
     model_config = model_config.replace(dropout_rate=0.0)
     pairs_dir = os.path.join(out_dir, "pairs")
     validate = functools.partial(
-        trainer.validation_accuracy,
+        setup.validation_accuracy,
         questions=tinythinker_tasks.load_questions(dataset, "validation")[:max_eval_questions],
         vocabulary=vocabulary, stage_type=chain_type, settings=chain_settings)
 
     with partitioner.activate():
-        load_reference = lambda: trainer.build_model(model_config, reference_path, seed, partitioner)  # noqa: E731
+        load_reference = lambda: setup.build_model(model_config, reference_path, seed, partitioner)  # noqa: E731
         counts = read_marker_before_the_step(os.path.join(pairs_dir, "counts.json"))
         if counts is None:
             started = time.time()
@@ -235,7 +203,7 @@ def run_iteration(
             questions = sampling.pair_questions(tinythinker_tasks.load_questions(dataset, "train"), teacher,
                                                 max_questions)
             counts = sampling.generate_pairs(
-                load_reference(), vocabulary, questions, teacher, pairs_dir, chain_settings, sampling_settings,
+                load_reference(), vocabulary, questions, teacher, pairs_dir, chain_settings, pair_sampling,
                 seed=seed * 1000 + iteration, write=jax.process_index() == 0)
             counts = {**counts, "questions": len(questions), "wall_seconds": time.time() - started}
             write_marker(os.path.join(pairs_dir, "counts.json"), counts)
@@ -265,19 +233,21 @@ def run_iteration(
                     pair_data.write_scored_pairs(sampling.pairs_path(pairs_dir, stage, scored=True),
                                                  pair_data.read_pairs(sampling.pairs_path(pairs_dir, stage)), scores)
             del reference
-            trainer.write_data_stats(out_dir, data_stats)
+            setup.write_data_stats(out_dir, data_stats)
             scored = {"stages": stages, "wall_seconds": time.time() - started}
             write_marker(os.path.join(pairs_dir, "scored.json"), scored)
 
         started = time.time()
         blocks = pair_blocks(counts, stage_type, batch_size)
+        total_steps, round_steps = training_steps(blocks, rounds)
+        optimizer = create_optimizer(total_steps)
         if not blocks:
             # Nothing to learn from (every sampled chain agreed with the gold answer): M(i) = M(i-1).
             policy = load_reference()
             accuracy, step = validate(policy), 0
-            checkpointing.save_best(out_dir, nnx.state(policy), model_config, vocabulary.sentencepiece_model_file,
+            train_checkpoints.save_best(out_dir, nnx.state(policy), model_config, vocabulary.sentencepiece_model_file,
                                     {"step": 0, "validation_accuracy": accuracy})
-            result = loop.TrainResult(0, accuracy, step, False)
+            trained = loop.LoopResult(0, accuracy, step, False)
         else:
             pair_streams = {}
             for index, stage in enumerate(stages):
@@ -288,17 +258,20 @@ def run_iteration(
                 pair_streams[stage] = streams.Stream(arrays, batch_size, seed=seed * 1000 + index,
                                                      weight_field="pair_weights")
             block_schedule = schedule.BlockSchedule(blocks, {s: st.num_batches for s, st in pair_streams.items()})
-            total_steps, round_steps = training_steps(blocks, rounds)
-            result = loop.Loop(
+            trained = loop.Loop(
                 model_dir=out_dir, name=f"reflect {iteration}", model=load_reference(), model_config=model_config,
-                vocab_path=vocabulary.sentencepiece_model_file, optimizer=create_optimizer(total_steps),
+                vocab_path=vocabulary.sentencepiece_model_file, optimizer=optimizer,
                 loss_fn=losses.dpo_loss_fn(beta, alpha), batch_streams=pair_streams, blocks=block_schedule,
                 total_steps=total_steps, eval_every=round_steps, validate=validate, partitioner=partitioner,
                 batch_size=batch_size, seed=seed, keep_checkpoints=keep_checkpoints, log_every=log_every,
             ).run()
     wall = {"generate": counts["wall_seconds"], "score": scored["wall_seconds"], "train": time.time() - started}
-    outcome = IterationResult(iteration, result.best_accuracy, result.best_step,
-                              {stage: counts[stage] for stage in sampling.PAIR_STAGES}, wall, result.preempted)
+    settings = {"stage_type": stage_type, "batch_size": batch_size, "rounds": rounds, "beta": beta, "alpha": alpha,
+                "num_samples": pair_sampling.num_samples, "temperature": pair_sampling.temperature,
+                "max_questions": max_questions, "total_steps": total_steps, **optimizer.settings}
+    result = results.PhaseResult(
+        layout.iteration_name(iteration), trained.step, trained.best_accuracy, trained.best_step, wall, settings,
+        {stage: counts[stage] for stage in sampling.PAIR_STAGES}, trained.preempted)
     if not result.preempted:
-        write_marker(os.path.join(out_dir, checkpointing.DONE), dataclasses.asdict(outcome))
-    return outcome
+        results.write_done(out_dir, result)
+    return result

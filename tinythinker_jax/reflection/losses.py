@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from tinythinker_jax.models import scoring
 from tinythinker_jax.models.t5 import T5Transformer
-from tinythinker_jax.training.step import LossFn
+from tinythinker_jax.phases.step import LossFn
 
 
 def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:

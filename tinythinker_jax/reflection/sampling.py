@@ -17,8 +17,8 @@ from tqdm import tqdm
 from tinythinker_jax import chains
 from tinythinker_jax.data.records import Question, Rationale, iter_json_lines, write_json, write_jsonl
 from tinythinker_jax.models import decoding
+from tinythinker_jax.phases.markers import read_marker
 from tinythinker_jax.reflection import pairs
-from tinythinker_jax.training.checkpointing import read_marker
 
 PAIR_STAGES = ("recall", "analyze")
 # The rules a chunk's rows were built under, recorded with the chunks: changed whenever the rows' meaning
@@ -28,7 +28,10 @@ PAIR_RULES = 2
 
 
 @dataclasses.dataclass(frozen=True)
-class SamplingSettings:
+class PairSampling:
+    """How phase 2 samples chains for its preference pairs (the decoder's token sampling is
+    `decoding.SamplingConfig`)."""
+
     num_samples: int = 10  # N chains per question (step 1) and per recall-pair row's chosen recall (step 5)
     temperature: float = 0.7
     chunk_size: int = 256  # questions per resumable unit
@@ -65,7 +68,7 @@ def _pooled_by_recall(to_analyze: Sequence[tuple], second_chains: Sequence[list]
 
 
 def sample_chunk(model, vocabulary, questions: Sequence[Question], teacher: Mapping[str, Sequence[Rationale]],
-                 chain_settings: chains.ChainSettings, settings: SamplingSettings, seed: int) -> list[dict]:
+                 chain_settings: chains.ChainSettings, settings: PairSampling, seed: int) -> list[dict]:
     """Steps 1 and 5 for some questions.
 
     Args:
@@ -131,7 +134,7 @@ def _check_chunk_settings(chunk_dir: str, sampled_with: dict, write: bool) -> No
 
 
 def generate_pairs(model, vocabulary, questions: Sequence[Question], teacher: Mapping[str, Sequence[Rationale]],
-                   out_dir: str, chain_settings: chains.ChainSettings, settings: SamplingSettings,
+                   out_dir: str, chain_settings: chains.ChainSettings, settings: PairSampling,
                    seed: int, write: bool = True) -> dict[str, int]:
     """Writes `recall_pairs.jsonl` and `analyze_pairs.jsonl` under `out_dir` and returns their row counts.
 

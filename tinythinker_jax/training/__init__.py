@@ -1,2 +1,1 @@
-"""The training loop both phases share (`loop`, `step`, `checkpointing`, `optimizers`, `metrics`) and phase 1
-(SFT): its stage streams, their block schedule and the trainer."""
+"""Phase 1, reasoning acquisition: SFT on the teacher's stage data, the stages interleaved in blocks."""

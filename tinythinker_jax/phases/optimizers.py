@@ -1,6 +1,6 @@
 """Optimizers and learning-rate schedules, chosen in gin."""
 
-from typing import NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import optax
 
@@ -8,6 +8,7 @@ import optax
 class Optimizer(NamedTuple):
     transform: optax.GradientTransformation
     learning_rate: optax.Schedule  # for logging the rate in force at a step
+    settings: Mapping[str, Any]  # what built it, for a phase's result and the report
 
 
 def create_optimizer(
@@ -39,4 +40,6 @@ def create_optimizer(
         raise ValueError(f"unknown optimizer {name!r}; use 'adamw' or 'adafactor'")
     if max_grad_norm:
         transform = optax.chain(optax.clip_by_global_norm(max_grad_norm), transform)
-    return Optimizer(transform, lr)
+    settings = {"optimizer": name, "learning_rate": learning_rate, "warmup_fraction": warmup_fraction,
+                "schedule": schedule, "weight_decay": weight_decay, "max_grad_norm": max_grad_norm}
+    return Optimizer(transform, lr, settings)

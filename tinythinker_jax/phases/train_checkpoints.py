@@ -1,4 +1,4 @@
-"""Never lose work: training-state checkpoints (latest N) and the best model, both written atomically.
+"""Never lose work: a phase's training-state checkpoints (latest N) and its best model, both written atomically.
 
     MODEL_DIR/checkpoints/<step>/   Orbax: params, optimizer state, RNG key; JSON: step, data position,
                                     best accuracy. Orbax finalises a step by renaming its temporary
@@ -9,7 +9,6 @@
     MODEL_DIR/best/                 the best model by validation accuracy, as a model checkpoint
                                     (`tinythinker_jax.models.checkpoints`), plus best.json; replaced by
                                     renaming a complete directory, so it is always whole.
-    MODEL_DIR/done.json             the run finished (a marker, like every finished step of the pipeline)
 """
 
 import json
@@ -24,14 +23,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from tinythinker_jax import partitioning
-from tinythinker_jax.data import records
 from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import checkpoints as model_checkpoints
 from tinythinker_jax.models.t5 import T5Config
+from tinythinker_jax.phases.markers import sync_processes
 
 BEST_DIR = "best"
 BEST_INFO = "best.json"
-DONE = "done.json"
 CHECKPOINTS_DIR = "checkpoints"
 UNREADABLE_DIR = "checkpoints_unreadable"
 
@@ -151,35 +149,3 @@ def _restore_interrupted_best(model_dir: str) -> None:
     previous = os.path.join(model_dir, f"{BEST_DIR}.previous")
     if os.path.isdir(previous) and not os.path.exists(best_dir(model_dir)):
         os.rename(previous, best_dir(model_dir))
-
-
-def read_marker(path: str) -> dict[str, Any] | None:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def read_marker_before_the_step(path: str) -> dict[str, Any] | None:
-    """A step's marker as found before the step starts, the same on every process.
-
-    The processes sync once all have read it, so whether a step is redone never depends on their timing:
-    otherwise a lagging process could find a marker that process 0 wrote after a step whose work took no
-    collective, skip the step and the marker's write, and leave the others waiting in `write_marker`."""
-    marker = read_marker(path)
-    sync_processes(f"read {path}")
-    return marker
-
-
-def write_marker(path: str, info: dict[str, Any]) -> None:
-    """Process 0 writes a step's marker; every process waits for it, so all agree the step is done."""
-    if jax.process_index() == 0:
-        records.write_json(path, info)
-    sync_processes(f"written {path}")
-
-
-def sync_processes(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)

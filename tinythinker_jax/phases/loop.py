@@ -24,15 +24,17 @@ from tinythinker_jax import partitioning
 from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import checkpoints as model_checkpoints
 from tinythinker_jax.models.t5 import T5Config, T5Transformer
-from tinythinker_jax.training import checkpointing, metrics, optimizers, schedule, streams
-from tinythinker_jax.training.step import LossFn, make_train_step
+from tinythinker_jax.phases import metrics, optimizers, schedule, streams, train_checkpoints
+from tinythinker_jax.phases.step import LossFn, make_train_step
 
 # XLA's status code for a failed device allocation.
 OUT_OF_MEMORY = "RESOURCE_EXHAUSTED"
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainResult:
+class LoopResult:
+    """Where `Loop.run` stopped: the steps done, the best validation and whether SIGTERM stopped it."""
+
     step: int
     best_accuracy: Optional[float]
     best_step: Optional[int]
@@ -142,7 +144,7 @@ class Loop:
     keep_checkpoints: int = 3
     log_every: int = 10
 
-    def run(self) -> TrainResult:
+    def run(self) -> LoopResult:
         """Trains from the latest intact checkpoint (or the start) to `total_steps`, or until SIGTERM.
 
         Returns:
@@ -152,7 +154,7 @@ class Loop:
             FloatingPointError: At the first non-finite loss or gradient norm (nothing is saved).
             UserError: When a device runs out of memory.
         """
-        checkpoints = checkpointing.TrainCheckpoints(self.model_dir, self.keep_checkpoints)
+        checkpoints = train_checkpoints.TrainCheckpoints(self.model_dir, self.keep_checkpoints)
         writer = metrics.MetricsWriter(self.model_dir)
         preemption = Preemption()
         try:
@@ -171,11 +173,11 @@ class Loop:
 
     def _check_same_vocabulary(self) -> None:
         """A resumed run must read its data with the vocabulary it started with, which its best model keeps."""
-        best = checkpointing.best_dir(self.model_dir)
+        best = train_checkpoints.best_dir(self.model_dir)
         if os.path.isdir(best):
             model_checkpoints.check_checkpoint_vocabulary(best, self.vocab_path, "the vocabulary (VOCABULARY_PATH)")
 
-    def _run(self, checkpoints, writer, preemption) -> TrainResult:
+    def _run(self, checkpoints, writer, preemption) -> LoopResult:
         # Two filters split off exactly two states, which flax's variadic return annotation cannot say.
         graphdef, params, rest = cast(tuple[nnx.GraphDef, nnx.State, nnx.State], nnx.split(self.model, nnx.Param, ...))
         opt_state = jax.jit(self.optimizer.transform.init)(params)
@@ -201,7 +203,7 @@ class Loop:
             writer.write(step_now, {"validation/accuracy": accuracy})
             if best["accuracy"] is None or accuracy > best["accuracy"]:
                 best.update(accuracy=accuracy, step=step_now)
-                checkpointing.save_best(self.model_dir, nnx.state(model), self.model_config, self.vocab_path,
+                train_checkpoints.save_best(self.model_dir, nnx.state(model), self.model_config, self.vocab_path,
                                         {"step": step_now, "validation_accuracy": accuracy})
             return accuracy
 
@@ -245,7 +247,7 @@ class Loop:
             save(step)
             progress.write(f"SIGTERM: saved step {step} to {self.model_dir}; run the same command to resume.")
         progress.close()
-        return TrainResult(step, best["accuracy"], best["step"], preempted)
+        return LoopResult(step, best["accuracy"], best["step"], preempted)
 
 
 def _first_line(error: Exception) -> str:
