@@ -33,6 +33,7 @@ RUNS = (
     ("score.py", []),
     ("train_step.py", ["--steps", "2"]),
     ("reflect.py", ["--questions", "2", "--num_samples", "2", "--dpo_batch_size", "2"]),
+    ("plan_accuracy.py", []),
 )
 
 
@@ -61,6 +62,7 @@ def test_benchmarks_run_without_seqio_or_tensorflow(tmp_path):
     assert reports["train_step.py"]["compute_floor"]["tokens_per_s"] > 0
     assert reports["reflect.py"]["chains"]["ours_chains_per_s"] > 0
     assert reports["reflect.py"]["dpo_train_step"]["ours_examples_per_s"] > 0
+    assert reports["plan_accuracy.py"]["sft_step"]["estimated_step_bytes"] > 0
 
 
 @pytest.mark.parametrize("name", ["t5_1_0_small", "t5_1_1_small"])

@@ -185,12 +185,12 @@ def test_one_compilation_per_shape_bucket(converted):
     _, model = converted
     inputs = _inputs(model.config.vocab_size, rows=8)
     decoding.generate(model, inputs[:3], max_decode_length=7)
-    compiled = decoding._compiled_decode._cache_size()
+    compiled = decoding.compiled_decode._cache_size()
     # Batches of 3 and 4, input lengths 12 and 11, 7 and 8 steps: all the same buckets.
     decoding.generate(model, inputs[4:8], max_decode_length=8)
     decoding.generate(model, [inputs[0][:11]] * 3, max_decode_length=7)
     decoding.generate(model, inputs[:3], max_decode_length=np.int64(7), eos_id=np.int64(model.config.eos_id))
-    assert decoding._compiled_decode._cache_size() == compiled
+    assert decoding.compiled_decode._cache_size() == compiled
 
 
 def test_max_length_caps_the_length_bucket():

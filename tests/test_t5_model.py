@@ -186,3 +186,34 @@ def test_config_name_names_the_shape():
     assert t5.config_name(t5.model_config("t5_1_0_base", dtype="bfloat16", dropout_rate=0.0)) == "t5_1_0_base"
     assert t5.config_name(t5.model_config("t5_1_1_small", vocab_size=768)) == "t5_1_1_small (vocab_size 768)"
     assert t5.config_name(t5.model_config("t5_1_0_small", d_model=256)) is None
+
+
+@pytest.mark.parametrize("remat", ["dots_saveable", "full"])
+def test_remat_is_numerically_neutral(remat):
+    """The SFT loss and its gradients, dropout on, are the same with the layers rematerialised; the backward
+    pass really recomputes them (the traced step holds a checkpoint)."""
+    from tinythinker_jax.training import losses
+
+    config = t5.model_config("t5_1_0_tiny", vocab_size=128)
+    rng = np.random.RandomState(0)
+    targets = rng.randint(3, 128, (4, 7)).astype(np.int32)
+    batch = {"encoder_input_tokens": rng.randint(3, 128, (4, 10)).astype(np.int32),
+             "decoder_input_tokens": np.asarray(scoring.shift_right(targets)), "decoder_target_tokens": targets,
+             "decoder_loss_weights": np.ones((4, 7), np.float32)}
+
+    def loss_and_grads(config):
+        graphdef, params, rest = nnx.split(t5.create_model(config, seed=0), nnx.Param, ...)
+
+        def loss_of(params):
+            return losses.sft_loss(nnx.merge(graphdef, params, rest), batch, jax.random.key(1))[0]
+
+        return jax.value_and_grad(loss_of)(params), jax.make_jaxpr(jax.grad(loss_of))(params)
+
+    (loss, grads), _ = loss_and_grads(config)
+    (remat_loss, remat_grads), jaxpr = loss_and_grads(config.replace(remat=remat))
+    assert "checkpoint" in str(jaxpr) or "remat" in str(jaxpr)
+    np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
+    for remat_grad, grad in zip(jax.tree.leaves(remat_grads), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(remat_grad, grad, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="remat='some' is not supported"):
+        config.replace(remat="some")

@@ -145,3 +145,62 @@ def test_the_partitioner_makes_its_mesh_on_first_use_and_gives_each_process_its_
     assert shares == [slice(0, 8), slice(8, 16), slice(16, 24), slice(24, 32)]
     with pytest.raises(ValueError, match="a batch of 30 rows is not divisible by 4 processes"):
         partitioner.local_rows(30)
+
+
+REMAT_COMPARISON = textwrap.dedent(
+    """
+    import json
+    import jax, numpy as np
+    from flax import nnx
+    from tinythinker_jax import partitioning
+    from tinythinker_jax.models import t5
+    from tinythinker_jax.training import losses
+
+    config = t5.model_config("t5_1_1_tiny", vocab_size=256, d_model=32, d_kv=8, d_ff=64)  # dropout 0.1
+    rng = np.random.RandomState(0)
+    targets = rng.randint(3, 256, (8, 9)).astype(np.int32)
+    batch = {"encoder_input_tokens": rng.randint(3, 256, (8, 12)).astype(np.int32),
+             "decoder_input_tokens": np.concatenate([np.zeros((8, 1), np.int32), targets[:, :-1]], axis=1),
+             "decoder_target_tokens": targets, "decoder_loss_weights": (targets > 0).astype(np.float32)}
+
+    def loss_and_grads(model):
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        @jax.jit
+        def run(params, batch):
+            def loss_of(params):
+                return losses.sft_loss(nnx.merge(graphdef, params, rest), batch, jax.random.key(3))[0]
+            return jax.value_and_grad(loss_of)(params)
+
+        loss, grads = run(params, batch)
+        return float(loss), [np.asarray(g) for g in jax.tree.leaves(grads)], str(run.lower(params, batch).as_text())
+
+    base_loss, base_grads, _ = loss_and_grads(t5.create_model(config, seed=0))
+    partitioner = partitioning.Partitioner(data=2, model=4, parameter_partitioning_dims=2)
+    report = {}
+    for remat in t5.REMAT_POLICIES:
+        with partitioner.activate():
+            model = partitioner.create_model(lambda: t5.create_model(config.replace(remat=remat), seed=0))
+            loss, grads, text = loss_and_grads(model)
+        report[remat] = {"loss_diff": abs(loss - base_loss),
+                         "grad_diff": max(float(np.abs(g - b).max()) for g, b in zip(grads, base_grads)),
+                         "grad_scale": max(float(np.abs(b).max()) for b in base_grads),
+                         "rematerialised": "remat" in text or "checkpoint" in text}
+    print("REPORT" + json.dumps(report))
+    """
+)
+
+
+def test_remat_policies_are_numerically_neutral_on_a_sharded_mesh():
+    """Loss and gradients of the SFT step with dropout, for every remat policy, with the parameters sharded
+    over 2 x 4 fake devices (FSDP), equal the unsharded model's without remat."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    completed = subprocess.run(
+        [sys.executable, "-c", REMAT_COMPARISON], env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    report = json.loads(completed.stdout.split("REPORT", 1)[1])
+    assert set(report) == {"none", "dots_saveable", "full"}
+    for remat, result in report.items():
+        assert result["loss_diff"] < 1e-5 and result["grad_diff"] < 1e-5 * result["grad_scale"], (remat, result)

@@ -105,14 +105,18 @@ def parse(files: Sequence[str], bindings: Sequence[str], search_paths: Iterable[
         _resolve(fn)
 
 
+def is_configured(fn: Callable) -> bool:
+    """Whether the parsed gin files bind any argument of `fn`."""
+    try:
+        return bool(gin.get_bindings(fn, resolve_references=False))
+    except ValueError:  # not even registered: no gin file imports its module
+        return False
+
+
 def _resolve(fn: Callable) -> None:
     """Evaluates what gin will pass to `fn`, which the gin files must configure."""
     name = _configurable_name(fn)
-    try:
-        bound = gin.get_bindings(fn, resolve_references=False)
-    except ValueError:  # not even registered: no gin file imports its module
-        bound = {}
-    if not bound:
+    if not is_configured(fn):
         raise UserError(f"no --gin_file configures {name}: start with the run gin file (gin/runs/)")
     _run(f"gin settings of {name}", gin.get_bindings, fn)
 

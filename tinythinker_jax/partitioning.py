@@ -21,6 +21,7 @@ from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence, T
 
 import jax
 import numpy as np
+import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -178,6 +179,20 @@ def restore_target(tree: Any) -> Any:
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
     return jax.tree.map(abstract, tree)
+
+
+def optimizer_state_shardings(transform: optax.GradientTransformation, params: Any, mesh: Mesh) -> Any:
+    """Where `transform`'s state for `params` (arrays or shapes, each with its sharding) lives: every
+    parameter-shaped leaf (Adam's moments) sharded as its parameter, the rest (step counts, Adafactor's
+    factored statistics) replicated. Left to XLA, `jax.jit(init)` replicates all of it, which under
+    parameter sharding keeps two full copies of the model on every device."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def like_parameter(leaf: Any, param: Any) -> Any:
+        return param.sharding if leaf.shape == param.shape else replicated
+
+    return optax.tree_map_params(transform, like_parameter, jax.eval_shape(transform.init, params), params,
+                                 transform_non_params=lambda _: replicated)
 
 
 def batch_sharding(mesh: Mesh, rules: LogicalRules, ndim: int = 2) -> NamedSharding:

@@ -234,13 +234,27 @@ def _check_tree_matches(saved: Any, expected: Any, ckpt_dir: str) -> None:
 
 
 def load_model(
-    ckpt_dir: str, *, dtype: str | None = None, mesh: Mesh | None = None,
+    ckpt_dir: str, *, dtype: str | None = None, config: T5Config | None = None, mesh: Mesh | None = None,
     rules: partitioning.LogicalRules | None = None,
 ) -> T5Transformer:
-    """The checkpoint's model, computing in `dtype` (default: as saved), sharded over `mesh` when given."""
-    config = load_config(ckpt_dir)
-    if dtype is not None:
-        config = config.replace(dtype=dtype)
+    """The checkpoint's model, sharded over `mesh` when given.
+
+    Args:
+        ckpt_dir: The model checkpoint.
+        dtype: The compute dtype (default: as saved); ignored when `config` is given.
+        config: How the model runs (dtype, dropout, remat): its shape must be the checkpoint's (default: the
+            checkpoint's own config).
+        mesh: The mesh to lay the parameters out on.
+        rules: The logical-axis rules for `mesh` (default: the standard ones).
+
+    Raises:
+        CheckpointError: When the checkpoint cannot be read or `config` has another shape.
+    """
+    saved = load_config(ckpt_dir)
+    if config is None:
+        config = saved if dtype is None else saved.replace(dtype=dtype)
+    elif config.shape() != saved.shape():
+        raise CheckpointError(f"{ckpt_dir} holds a model of another shape: {saved}, not {config}")
     graphdef, target = nnx.split(abstract_model(config))
     if mesh is not None:
         shardings = partitioning.param_shardings(target, mesh, rules or partitioning.standard_logical_axis_rules())

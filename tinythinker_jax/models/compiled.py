@@ -11,7 +11,7 @@ import jax
 from flax import nnx
 
 
-def jit_on_state(fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:
+def jit_on_state(fn: Callable[..., Any], **jit_kwargs: Any) -> jax.stages.Wrapped:
     """`fn(model, *args, **kwargs)` as a jitted `compiled(graphdef, state, *args, **kwargs)`.
 
     Args:

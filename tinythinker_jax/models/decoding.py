@@ -163,7 +163,8 @@ def decode(
     )
 
 
-_compiled_decode = compiled.jit_on_state(decode, static_argnames=("cache_length", "sampling", "num_decodes"))
+# `decode` compiled: (graphdef, state, *decode's arguments); `generate` feeds it, the planner lowers it.
+compiled_decode = compiled.jit_on_state(decode, static_argnames=("cache_length", "sampling", "num_decodes"))
 
 
 def generate(
@@ -203,7 +204,7 @@ def generate(
         encoder_input_tokens = batching.bucketed([inputs[i] for i in chunk], model.config.pad_id, max_input_length)
         example_ids = np.full(encoder_input_tokens.shape[0], -1, np.int32)
         example_ids[: len(chunk)] = chunk
-        result = _compiled_decode(
+        result = compiled_decode(
             graphdef, state, encoder_input_tokens, rng, example_ids, np.int32(max_decode_length),
             cache_length=cache_length, sampling=sampling, num_decodes=num_decodes, eos_id=eos,
         )

@@ -13,7 +13,7 @@ carries `logical_axes` metadata and the main activations are constrained by logi
 
 import dataclasses
 import math
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +25,13 @@ from tinythinker_jax.models.dropout import Dropout
 from tinythinker_jax.partitioning import with_logical_constraint
 
 FEED_FORWARD_PROJS = ("relu", "gated-gelu")
+# What a layer keeps for the backward pass (`T5Config.remat`): everything ("none"), only its matmuls' outputs
+# (the rest, norms, softmax, activations and dropout, is recomputed), or only its input (all recomputed).
+REMAT_POLICIES = {
+    "none": None,
+    "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
 NEG_INF = -1e10  # Finite, so a row with every key masked (a padding row) stays NaN-free.
 EMBED_AXES = ("batch", "length", "embed")
 
@@ -45,6 +52,7 @@ class T5Config:
     dropout_rate: float = 0.1
     layer_norm_epsilon: float = 1e-6
     dtype: str = "float32"  # compute dtype; parameters are always float32
+    remat: str = "none"  # a key of REMAT_POLICIES: memory for recomputation in training, numerically neutral
     pad_id: int = 0
     eos_id: int = 1
     decoder_start_id: int = 0
@@ -55,6 +63,12 @@ class T5Config:
                 f"feed_forward_proj={self.feed_forward_proj!r} is not supported; use one of {FEED_FORWARD_PROJS}"
             )
         jnp.dtype(self.dtype)  # fails early on a misspelt dtype
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={self.remat!r} is not supported; use one of {tuple(REMAT_POLICIES)}")
+
+    def shape(self) -> "T5Config":
+        """The config with how it computes (dtype, dropout, remat) at their defaults: what fixes the parameters."""
+        return dataclasses.replace(self, dtype="float32", dropout_rate=0.1, remat="none")
 
     @property
     def compute_dtype(self) -> jnp.dtype:
@@ -111,10 +125,10 @@ def model_config(name: str, **overrides: Any) -> T5Config:
 
 
 def config_name(config: T5Config) -> Optional[str]:
-    """The name in `CONFIGS` of `config`'s shape (its compute dtype and dropout aside), with its vocabulary size
+    """The name in `CONFIGS` of `config`'s shape (`T5Config.shape`), with its vocabulary size
     when that differs (e.g. `t5_1_0_mini (vocab_size 768)`), or None for another shape."""
     for name, known in CONFIGS.items():
-        if known.replace(dtype=config.dtype, dropout_rate=config.dropout_rate, vocab_size=config.vocab_size) == config:
+        if known.replace(vocab_size=config.vocab_size).shape() == config.shape():
             return name if known.vocab_size == config.vocab_size else f"{name} (vocab_size {config.vocab_size})"
     return None
 
@@ -350,19 +364,34 @@ class DecoderLayer(nnx.Module):
         return x, cache._replace(self_key=self_key, self_value=self_value)
 
 
+def _layer_caller(remat: str) -> Callable[..., Any]:
+    """`call(layer, *args)`, which runs a layer in a stack's forward pass: directly, or under `nnx.remat` with
+    the policy `remat` names, so the backward pass recomputes what the policy does not keep. Made at trace
+    time: a function kept on the module would make two equal models' graphs unequal (and recompile)."""
+
+    def call(layer: nnx.Module, *args: Any) -> Any:
+        return layer(*args)
+
+    if remat == "none":
+        return call
+    return nnx.remat(call, policy=REMAT_POLICIES[remat])
+
+
 class Encoder(nnx.Module):
     def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
         self.relative_bias = RelativePositionBias(config, bidirectional=True, rngs=rngs)
         self.layers = nnx.List([EncoderLayer(config, rngs=rngs) for _ in range(config.num_encoder_layers)])
         self.final_layer_norm = LayerNorm(config)
         self.dropout = Dropout(config.dropout_rate)
+        self.remat = config.remat
 
     def __call__(self, embedded: jax.Array, mask: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
         length = embedded.shape[1]
         bias = self.relative_bias(length, length) + _mask_bias(mask)[:, None, None, :]
         x = self.dropout(embedded, rngs)
+        call_layer = _layer_caller(self.remat)
         for layer in self.layers:
-            x = layer(x, bias, rngs)
+            x = call_layer(layer, x, bias, rngs)
         return self.dropout(self.final_layer_norm(x), rngs)
 
 
@@ -372,6 +401,7 @@ class Decoder(nnx.Module):
         self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_decoder_layers)])
         self.final_layer_norm = LayerNorm(config)
         self.dropout = Dropout(config.dropout_rate)
+        self.remat = config.remat
 
     def __call__(
         self, embedded: jax.Array, encoded: jax.Array, encoder_mask: jax.Array, rngs: nnx.Rngs | None
@@ -381,8 +411,9 @@ class Decoder(nnx.Module):
         self_bias = self.relative_bias(length, length) + _mask_bias(causal)
         cross_bias = _mask_bias(encoder_mask)[:, None, None, :]
         x = self.dropout(embedded, rngs)
+        call_layer = _layer_caller(self.remat)
         for layer in self.layers:
-            x = layer(x, encoded, self_bias, cross_bias, rngs)
+            x = call_layer(layer, x, encoded, self_bias, cross_bias, rngs)
         return self.dropout(self.final_layer_norm(x), rngs)
 
     def init_cache(self, encoded: jax.Array, cache_length: int, num_samples: int) -> list[LayerCache]:

@@ -180,7 +180,8 @@ class Loop:
     def _run(self, checkpoints, writer, preemption) -> LoopResult:
         # Two filters split off exactly two states, which flax's variadic return annotation cannot say.
         graphdef, params, rest = cast(tuple[nnx.GraphDef, nnx.State, nnx.State], nnx.split(self.model, nnx.Param, ...))
-        opt_state = jax.jit(self.optimizer.transform.init)(params)
+        opt_state = jax.jit(self.optimizer.transform.init, out_shardings=partitioning.optimizer_state_shardings(
+            self.optimizer.transform, params, self.partitioner.mesh))(params)
         rng = jax.random.key_data(jax.random.key(self.seed))
         best: dict[str, Any]  # the best validation's accuracy (a float) and step (an int); None until one ran
         step, data_state, best = 0, schedule.BlockSchedule.initial_state(), {"accuracy": None, "step": None}

@@ -61,18 +61,15 @@ def chain_settings_for(settings: chains.ChainSettings, stats: Optional[dict[str,
 
 def build_model(config: t5.T5Config, initial_checkpoint_path: Optional[str], seed: int,
                 partitioner: partitioning.Partitioner) -> t5.T5Transformer:
-    """The checkpoint's model (`initial_checkpoint_path`, whose config must be `config` up to dtype and
-    dropout) or a new one from `seed`, laid out on the partitioner's mesh."""
+    """The checkpoint's model (`initial_checkpoint_path`, whose config must be `config` up to how it computes:
+    dtype, dropout and remat, which `config` sets) or a new one from `seed`, laid out on the partitioner's mesh."""
     if initial_checkpoint_path:
         loaded = model_checkpoints.load_config(initial_checkpoint_path)
-        if dataclasses.replace(loaded, dtype=config.dtype, dropout_rate=config.dropout_rate) != config:
+        if loaded.shape() != config.shape():
             raise ValueError(f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} holds {loaded}, "
                              f"but the gin model config is {config}")
-        model = model_checkpoints.load_model(initial_checkpoint_path, dtype=config.dtype, mesh=partitioner.mesh,
-                                             rules=partitioner.rules)
-        # The checkpoint's own config carries inference defaults; training uses the gin one (dropout).
-        model.config = config
-        return model
+        return model_checkpoints.load_model(initial_checkpoint_path, config=config, mesh=partitioner.mesh,
+                                            rules=partitioner.rules)
     return partitioner.create_model(lambda: t5.create_model(config, seed=seed))
 
 

@@ -1,0 +1,194 @@
+"""What a run's compiled steps need per device, known before the run: each step is lowered and compiled from
+shapes alone (no parameter is allocated) on the run's mesh, and XLA's memory analysis of the executable is read.
+
+`tinythinker plan` prints these figures for a gin-configured run (the SFT step, the DPO step and one decoding
+call) and, given a device's memory, searches the largest batch whose step fits. The figures are the compiler's
+for the backend it runs on: on a CPU with fake devices they estimate an accelerator's, whose compiler fuses and
+lays out differently (`docs/performance.md` compares both with measured peaks).
+"""
+
+import dataclasses
+import time
+from typing import Any, Callable, Mapping, Optional, cast
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tinythinker_jax import partitioning
+from tinythinker_jax.models import batching, decoding, t5
+from tinythinker_jax.phases import optimizers
+from tinythinker_jax.phases.step import LossFn, make_train_step
+from tinythinker_jax.reflection import losses as reflection_losses
+from tinythinker_jax.training import losses as training_losses
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledMemory:
+    """XLA's memory analysis of one compiled step, per device, and how long it took to compile.
+
+    Attributes:
+        name: The step (`sft_step`, `dpo_step`, `decode`).
+        batch_size: Its rows (examples, pairs, or inputs of the decoding call).
+        compile_seconds: Lowering and compiling.
+        argument_bytes: Its inputs: parameters, optimizer state, batch.
+        output_bytes: Its outputs.
+        alias_bytes: Outputs written into donated inputs (counted once).
+        temp_bytes: Activations and other buffers live only inside the step.
+    """
+
+    name: str
+    batch_size: int
+    compile_seconds: float
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    temp_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        """What the device holds while the step runs: its inputs, its outputs (those written into donated
+        inputs counted once) and its temporaries. (XLA:CPU's own peak figure leaves the temporaries out.)"""
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class StepShapes:
+    """The lengths a plan compiles for (a run's widest shape buckets).
+
+    Attributes:
+        input_length: Encoder tokens per row.
+        target_length: Decoder tokens per row (each of a pair's texts, for DPO).
+        decode_length: Tokens a decoding call generates (the chain's limit).
+        num_decodes: Samples per input in a decoding call.
+    """
+
+    input_length: int = 384
+    target_length: int = 128
+    decode_length: int = 200
+    num_decodes: int = 1
+
+
+def _compile(name: str, batch_size: int, lower: Callable[[], Any]) -> CompiledMemory:
+    started = time.time()
+    compiled = lower().compile()
+    seconds = time.time() - started
+    stats = compiled.memory_analysis()
+    return CompiledMemory(name, batch_size, seconds, stats.argument_size_in_bytes, stats.output_size_in_bytes,
+                          stats.alias_size_in_bytes, stats.temp_size_in_bytes)
+
+
+def _sharded(value: Any, sharding: Any) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding)
+
+
+def abstract_model(config: t5.T5Config, partitioner: partitioning.Partitioner) -> tuple[nnx.GraphDef, nnx.State]:
+    """The model's graph and its state as shapes laid out on the partitioner's mesh: nothing is allocated."""
+    graphdef, state = nnx.split(t5.abstract_model(config))
+    shardings = partitioning.param_shardings(state, partitioner.mesh, partitioner.rules)
+    state = jax.tree.map(lambda s, v: v.replace(_sharded(v, s)), shardings, state,
+                         is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return graphdef, state
+
+
+# A batch's arrays by name: (shape, dtype).
+BatchShapes = Mapping[str, tuple[tuple[int, ...], Any]]
+
+
+def _batch(partitioner: partitioning.Partitioner, shapes: BatchShapes) -> dict[str, jax.ShapeDtypeStruct]:
+    return {name: _sharded(jax.ShapeDtypeStruct(shape, dtype),
+                           partitioning.batch_sharding(partitioner.mesh, partitioner.rules, len(shape)))
+            for name, (shape, dtype) in shapes.items()}
+
+
+def _train_step(name: str, config: t5.T5Config, optimizer: optimizers.Optimizer, loss_fn: LossFn,
+                batch: BatchShapes, batch_size: int,
+                partitioner: partitioning.Partitioner) -> CompiledMemory:
+    graphdef, state = abstract_model(config, partitioner)
+    model_graph, params, rest = cast(tuple[nnx.GraphDef, nnx.State, nnx.State],
+                                     nnx.split(nnx.merge(graphdef, state), nnx.Param, ...))
+    # The optimizer state is laid out as the training loop lays it out.
+    opt_state = jax.tree.map(_sharded, jax.eval_shape(optimizer.transform.init, params),
+                             partitioning.optimizer_state_shardings(optimizer.transform, params, partitioner.mesh))
+    step = make_train_step(model_graph, rest, optimizer.transform, loss_fn)
+    key = jax.random.key(0)
+    with partitioner.activate():
+        return _compile(name, batch_size,
+                        lambda: step.lower(params, opt_state, _batch(partitioner, batch), 0, key))
+
+
+def sft_step(config: t5.T5Config, optimizer: optimizers.Optimizer, batch_size: int, shapes: StepShapes,
+             partitioner: partitioning.Partitioner) -> CompiledMemory:
+    """The phase-1 step (forward, backward, optimizer update) for `batch_size` examples."""
+    rows, targets = (batch_size, shapes.input_length), (batch_size, shapes.target_length)
+    batch = {"encoder_input_tokens": (rows, jnp.int32), "decoder_input_tokens": (targets, jnp.int32),
+             "decoder_target_tokens": (targets, jnp.int32), "decoder_loss_weights": (targets, jnp.float32)}
+    return _train_step("sft_step", config, optimizer, training_losses.sft_loss, batch, batch_size, partitioner)
+
+
+def dpo_step(config: t5.T5Config, optimizer: optimizers.Optimizer, batch_size: int, shapes: StepShapes,
+             partitioner: partitioning.Partitioner) -> CompiledMemory:
+    """The phase-2 step for `batch_size` scored pairs (each a chosen and a rejected text)."""
+    rows, targets, pairs = (batch_size, shapes.input_length), (batch_size, shapes.target_length), (batch_size,)
+    batch = {"encoder_input_tokens": (rows, jnp.int32), "chosen_targets": (targets, jnp.int32),
+             "rejected_targets": (targets, jnp.int32), "reference_chosen": (pairs, jnp.float32),
+             "reference_rejected": (pairs, jnp.float32), "pair_weights": (pairs, jnp.float32)}
+    loss_fn = reflection_losses.dpo_loss_fn(beta=0.5, alpha=0.5)  # the constants change no shape
+    return _train_step("dpo_step", config, optimizer, loss_fn, batch, batch_size, partitioner)
+
+
+def decode_call(config: t5.T5Config, batch_size: int, shapes: StepShapes,
+                partitioner: partitioning.Partitioner) -> CompiledMemory:
+    """One KV-cache decoding call for `batch_size` inputs of `shapes.num_decodes` samples each."""
+    graphdef, state = abstract_model(config, partitioner)
+    inputs = _batch(partitioner, {"tokens": ((batch_size, shapes.input_length), jnp.int32),
+                                  "ids": ((batch_size,), jnp.int32)})
+    sampling = decoding.SamplingConfig(temperature=0.7) if shapes.num_decodes > 1 else decoding.SamplingConfig()
+    with partitioner.activate():
+        return _compile("decode", batch_size, lambda: decoding.compiled_decode.lower(
+            graphdef, state, inputs["tokens"], jax.random.key(0), inputs["ids"], np.int32(shapes.decode_length),
+            cache_length=batching.bucket_length(shapes.decode_length), sampling=sampling,
+            num_decodes=shapes.num_decodes, eos_id=np.int32(config.eos_id)))
+
+
+def largest_batch(plan: Callable[[int], CompiledMemory], device_bytes: int,
+                  limit: int = 1 << 16) -> Optional[CompiledMemory]:
+    """The plan of the largest batch size whose step fits in `device_bytes`, or None when even 1 does not.
+
+    A step's memory grows linearly with its rows (parameters and optimizer state fixed, activations per row),
+    so a batch of 1 and one of 8 give the slope, the estimate is compiled to check it, and only an estimate
+    that does not fit is bisected: three compiles where XLA's figures are linear, which they are to the byte
+    for these steps, instead of a dozen for a blind search.
+
+    Args:
+        plan: A batch size's plan, e.g. `functools.partial(sft_step, config, optimizer, shapes=..., ...)`.
+        device_bytes: One device's memory.
+        limit: The largest batch size tried.
+    """
+    smallest = plan(1)
+    if smallest.total_bytes > device_bytes:
+        return None
+    probe = plan(min(8, limit))
+    if probe.total_bytes > device_bytes:
+        return _bisect(plan, smallest, probe.batch_size, device_bytes)
+    per_row = (probe.total_bytes - smallest.total_bytes) / max(probe.batch_size - 1, 1)
+    estimate = limit if per_row <= 0 else min(limit, 1 + int((device_bytes - smallest.total_bytes) / per_row))
+    if estimate <= probe.batch_size:
+        return probe
+    checked = plan(estimate)
+    if checked.total_bytes <= device_bytes:
+        return checked
+    return _bisect(plan, probe, estimate, device_bytes)
+
+
+def _bisect(plan: Callable[[int], CompiledMemory], fits: CompiledMemory, too_large: int,
+            device_bytes: int) -> CompiledMemory:
+    """The largest batch between `fits` (which fits) and `too_large` (which does not) that fits."""
+    while too_large - fits.batch_size > 1:
+        middle = plan((fits.batch_size + too_large) // 2)
+        if middle.total_bytes <= device_bytes:
+            fits = middle
+        else:
+            too_large = middle.batch_size
+    return fits
