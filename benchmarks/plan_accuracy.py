@@ -2,7 +2,7 @@
 
 Compiles the step as `tinythinker plan` does (`planning.sft_step`, from shapes), then runs the same step on
 real parameters, optimizer state and a batch, and measures what the process gained while it ran: the peak
-resident memory (Linux's VmHWM, reset just before the step) minus the resident memory just before. The
+resident memory (Linux's VmHWM, reset just before the step's first run) minus the resident memory just before. The
 estimate to compare is what the step adds to what is already allocated: its temporaries and the outputs not
 written into donated inputs. Linux only (it reads /proc/self/status and resets the peak via clear_refs).
 
@@ -67,8 +67,7 @@ def main() -> None:
         step = make_train_step(graphdef, rest, optimizer.transform, losses.sft_loss)
         key = jax.random.key(0)
         compiled = step.lower(params, opt_state, batch, 0, key).compile()  # compiling is not the step's memory
-        params, opt_state, values = compiled(params, opt_state, batch, 0, key)  # a warm-up: first-touch pages
-        jax.block_until_ready(values)
+        # The first run is the one measured: memory a run frees can stay with the process and serve the next.
         before = _status("VmRSS")
         _reset_peak()
         params, opt_state, values = compiled(params, opt_state, batch, 0, key)

@@ -80,14 +80,19 @@ COMPARISON = textwrap.dedent(
 )
 
 
-def test_sharded_equals_unsharded():
+def on_eight_devices(script: str) -> dict:
+    """The JSON report `script` prints after "REPORT", run in a process with 8 fake CPU devices."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     completed = subprocess.run(
-        [sys.executable, "-c", COMPARISON], env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
-    report = json.loads(completed.stdout.split("REPORT", 1)[1])
+    return json.loads(completed.stdout.split("REPORT", 1)[1])
+
+
+def test_sharded_equals_unsharded():
+    report = on_eight_devices(COMPARISON)
     assert report["greedy_distinct_rows"] > 1
 
     data_model = report["4x2"]
@@ -194,13 +199,7 @@ REMAT_COMPARISON = textwrap.dedent(
 def test_remat_policies_are_numerically_neutral_on_a_sharded_mesh():
     """Loss and gradients of the SFT step with dropout, for every remat policy, with the parameters sharded
     over 2 x 4 fake devices (FSDP), equal the unsharded model's without remat."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    completed = subprocess.run(
-        [sys.executable, "-c", REMAT_COMPARISON], env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    report = json.loads(completed.stdout.split("REPORT", 1)[1])
+    report = on_eight_devices(REMAT_COMPARISON)
     assert set(report) == {"none", "dots_saveable", "full"}
     for remat, result in report.items():
         assert result["loss_diff"] < 1e-5 and result["grad_diff"] < 1e-5 * result["grad_scale"], (remat, result)
