@@ -151,6 +151,14 @@ def param_shardings(state: nnx.State, mesh: Mesh, rules: LogicalRules) -> Any:
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
+def abstract_sharded(state: nnx.State, mesh: Mesh, rules: LogicalRules) -> nnx.State:
+    """`state`'s shapes, each with the sharding the rules give it on `mesh`: a restore or compile target that
+    allocates nothing."""
+    return jax.tree.map(
+        lambda s, v: v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)), param_shardings(state, mesh, rules),
+        state, is_leaf=_is_variable)
+
+
 def shard_model(model: nnx.Module, mesh: Mesh, rules: LogicalRules) -> nnx.Module:
     """Places `model`'s variables on `mesh` following `rules` (in place) and returns it."""
     state = nnx.state(model)

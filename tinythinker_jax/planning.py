@@ -86,10 +86,7 @@ def _sharded(value: Any, sharding: Any) -> jax.ShapeDtypeStruct:
 def abstract_model(config: t5.T5Config, partitioner: partitioning.Partitioner) -> tuple[nnx.GraphDef, nnx.State]:
     """The model's graph and its state as shapes laid out on the partitioner's mesh: nothing is allocated."""
     graphdef, state = nnx.split(t5.abstract_model(config))
-    shardings = partitioning.param_shardings(state, partitioner.mesh, partitioner.rules)
-    state = jax.tree.map(lambda s, v: v.replace(_sharded(v, s)), shardings, state,
-                         is_leaf=lambda x: isinstance(x, nnx.Variable))
-    return graphdef, state
+    return graphdef, partitioning.abstract_sharded(state, partitioner.mesh, partitioner.rules)
 
 
 # A batch's arrays by name: (shape, dtype).

@@ -257,11 +257,7 @@ def load_model(
         raise CheckpointError(f"{ckpt_dir} holds a model of another shape: {saved}, not {config}")
     graphdef, target = nnx.split(abstract_model(config))
     if mesh is not None:
-        shardings = partitioning.param_shardings(target, mesh, rules or partitioning.standard_logical_axis_rules())
-        target = jax.tree.map(
-            lambda s, v: v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)), shardings, target,
-            is_leaf=lambda x: isinstance(x, nnx.Variable),
-        )
+        target = partitioning.abstract_sharded(target, mesh, rules or partitioning.standard_logical_axis_rules())
     return nnx.merge(graphdef, restore_params(ckpt_dir, target))
 
 
