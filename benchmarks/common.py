@@ -18,8 +18,9 @@ from flax import nnx
 from tinythinker_jax.models import hf_convert, t5
 
 
-def parser(description: str, out: str) -> argparse.ArgumentParser:
-    """TinyThinker's generation shapes by default: inputs of 200 tokens, 128 generated."""
+def parser(description: str, out: str, scan_option: bool = True) -> argparse.ArgumentParser:
+    """TinyThinker's generation shapes by default: inputs of 200 tokens, 128 generated; `--scan_layers` unless
+    the benchmark compares both layouts itself."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="t5_1_0_small")
     p.add_argument("--batch_size", type=int, default=16)
@@ -27,14 +28,16 @@ def parser(description: str, out: str) -> argparse.ArgumentParser:
     p.add_argument("--decode_length", type=int, default=128)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    if scan_option:
+        p.add_argument("--scan_layers", action="store_true", help="our model scans over its stacked layers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=out)
     return p
 
 
-def models(config_name: str, dtype: str, seed: int, dropout_rate: float = 0.0):
+def models(config_name: str, dtype: str, seed: int, dropout_rate: float = 0.0, scan_layers: bool = False):
     """Our model and the reference with identical random weights (EOS disabled on the reference); dropout,
-    where a benchmark trains, at the same rate on both."""
+    where a benchmark trains, at the same rate on both; our layers stacked for a scan with `scan_layers`."""
     config = t5.model_config(config_name, dropout_rate=dropout_rate, dtype=dtype)
     hf_config = transformers.T5Config(**{**hf_convert.config_to_hf(config), "eos_token_id": None})
     torch.manual_seed(seed)
@@ -45,7 +48,7 @@ def models(config_name: str, dtype: str, seed: int, dropout_rate: float = 0.0):
     if dtype == "bfloat16":
         reference = reference.to(torch.bfloat16)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return nnx.merge(graphdef, state), reference.to(device), device
+    return t5.with_scan_layers(nnx.merge(graphdef, state), scan_layers), reference.to(device), device
 
 
 def token_batches(args):

@@ -45,7 +45,7 @@ def main() -> None:
     parser = common.parser(__doc__, "decode.json")
     parser.add_argument("--profile", help="also write a jax.profiler trace of one greedy call to this directory")
     args = parser.parse_args()
-    model, reference, device = common.models(args.config, args.dtype, args.seed)
+    model, reference, device = common.models(args.config, args.dtype, args.seed, scan_layers=args.scan_layers)
     inputs, _ = common.token_batches(args)
     input_lists, torch_inputs = inputs.tolist(), torch.tensor(inputs, device=device)
 

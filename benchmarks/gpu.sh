@@ -30,4 +30,14 @@ run train_step_base_b128 train_step.py --config t5_1_0_base --batch_size 128 --s
 run score_small_b16 score.py --config t5_1_0_small
 run decode_small_b64 decode.py --config t5_1_0_small --batch_size 64
 run train_step_small_b64 train_step.py --config t5_1_0_small --steps 10
+# Issue 21: the large end. Compile and step time unrolled vs scanned, the planner against the device's peak, a
+# scanned t5-large step against PyTorch, the planner's estimate for a real t5-3B step (no PyTorch copy).
+run scan_large_b32 scan_layers.py --config t5_1_0_large --batch_size 32 --steps 5
+run plan_accuracy_base_b64 plan_accuracy.py --config t5_1_0_base --batch_size 64 --input_length 384 --decode_length 128
+run plan_accuracy_large_scan_full plan_accuracy.py --config t5_1_0_large --batch_size 64 --input_length 384 \
+  --decode_length 128 --scan_layers --remat full
+run train_step_large_scan_b32 train_step.py --config t5_1_0_large --batch_size 32 --steps 5 --scan_layers
+run plan_accuracy_3b_scan_full plan_accuracy.py --config t5_1_0_3b --batch_size 16 --input_length 384 \
+  --decode_length 128 --scan_layers --remat full
+run decode_base_b64_scan decode.py --config t5_1_0_base --batch_size 64 --scan_layers
 exit $failed

@@ -5,9 +5,11 @@ real parameters, optimizer state and a batch, and measures what the process gain
 resident memory (Linux's VmHWM, reset just before the step's first run) minus the resident memory just before. The
 estimate to compare is what the step adds to what is already allocated: its temporaries and the outputs not
 written into donated inputs. Linux only (it reads /proc/self/status and resets the peak via clear_refs).
+On an accelerator it reads the device's own peak (`memory_stats()["peak_bytes_in_use"]`, which no call resets)
+after the step and compares it with the plan's total: parameters, optimizer state, batch and the step's own.
 
     python benchmarks/plan_accuracy.py --config t5_1_0_small --batch_size 32 --input_length 256 \
-        --decode_length 64 [--remat full] [--dtype bfloat16]
+        --decode_length 64 [--remat full] [--scan_layers] [--dtype bfloat16]
 
 (`--decode_length` is the target length, as in `train_step.py`.)
 """
@@ -45,7 +47,7 @@ def main() -> None:
     parser.set_defaults(batch_size=32, input_length=256, decode_length=64)
     args = parser.parse_args()
 
-    config = t5.model_config(args.config, remat=args.remat, dtype=args.dtype)
+    config = t5.model_config(args.config, remat=args.remat, dtype=args.dtype, scan_layers=args.scan_layers)
     partitioner = partitioning.Partitioner()
     optimizer = optimizers.create_optimizer(1000)
     shapes = planning.StepShapes(input_length=args.input_length, target_length=args.decode_length)
@@ -74,10 +76,13 @@ def main() -> None:
         jax.block_until_ready(values)
         measured = _status("VmHWM") - before
     estimate = plan.temp_bytes + plan.output_bytes - plan.alias_bytes
+    device_stats = jax.devices()[0].memory_stats()  # None on a CPU
+    if device_stats and "peak_bytes_in_use" in device_stats:
+        measured, estimate = device_stats["peak_bytes_in_use"], plan.total_bytes
     ratio = measured / estimate if estimate else None
     results = {"sft_step": {"remat": args.remat, "plan": {**vars(plan), "total_bytes": plan.total_bytes},
                             "estimated_step_bytes": estimate, "measured_step_bytes": measured, "ratio": ratio}}
-    print(f"{args.config} batch {args.batch_size}: the step adds {measured / MIB:,.1f} MiB measured, "
+    print(f"{args.config} batch {args.batch_size}: {measured / MIB:,.1f} MiB measured, "
           f"{estimate / MIB:,.1f} MiB planned (ratio {ratio}); planned total per device "
           f"{plan.total_bytes / MIB:,.1f} MiB")
     common.write_report(args, "unused", results)

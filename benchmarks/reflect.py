@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--dpo_batch_size", type=int, default=32)
     parser.set_defaults(batch_size=64, repeats=1)
     args = parser.parse_args()
-    model, reference, device = common.models(args.config, args.dtype, args.seed)
+    model, reference, device = common.models(args.config, args.dtype, args.seed, scan_layers=args.scan_layers)
     reference.generation_config.eos_token_id = 1
     with tempfile.TemporaryDirectory() as tmp:
         vocabulary = Vocabulary(testing.sentencepiece_model(tmp))

@@ -13,7 +13,7 @@ from tinythinker_jax.models import scoring
 
 def main() -> None:
     args = common.parser(__doc__, "score.json").parse_args()
-    model, reference, device = common.models(args.config, args.dtype, args.seed)
+    model, reference, device = common.models(args.config, args.dtype, args.seed, scan_layers=args.scan_layers)
     inputs, targets = common.token_batches(args)
     torch_inputs, torch_targets = torch.tensor(inputs, device=device), torch.tensor(targets, device=device)
 

@@ -17,7 +17,7 @@ import torch
 from flax import nnx
 
 from tinythinker_jax import partitioning
-from tinythinker_jax.models import scoring
+from tinythinker_jax.models import scoring, t5
 from tinythinker_jax.phases import optimizers
 from tinythinker_jax.phases.step import make_train_step
 from tinythinker_jax.training import losses
@@ -34,6 +34,8 @@ def model_flops_per_example(model, input_length: int, target_length: int) -> flo
     lookup, and the tied one multiplies only as the logits layer."""
     config = model.config
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    if config.scan_layers:
+        params = t5.unstack_layers(params)
     count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
     cross_key_value = sum(count(layer["encoder_decoder_attention"][name])
                           for layer in params["decoder"]["layers"].values() for name in ("key", "value"))
@@ -63,7 +65,8 @@ def main() -> None:
     parser.set_defaults(batch_size=64, decode_length=64, repeats=3)
     args = parser.parse_args()
     # SFT's dropout (T5's 0.1) on both sides: the step as phase 1 runs it.
-    model, reference, device = common.models(args.config, args.dtype, args.seed, dropout_rate=0.1)
+    model, reference, device = common.models(args.config, args.dtype, args.seed, dropout_rate=0.1,
+                                             scan_layers=args.scan_layers)
     inputs, targets = common.token_batches(args)
     weights = np.ones_like(targets)
     batch = {"encoder_input_tokens": inputs,

@@ -34,6 +34,8 @@ RUNS = (
     ("train_step.py", ["--steps", "2"]),
     ("reflect.py", ["--questions", "2", "--num_samples", "2", "--dpo_batch_size", "2"]),
     ("plan_accuracy.py", []),
+    ("scan_layers.py", ["--steps", "1"]),
+    ("packing.py", []),
 )
 
 
@@ -63,6 +65,9 @@ def test_benchmarks_run_without_seqio_or_tensorflow(tmp_path):
     assert reports["reflect.py"]["chains"]["ours_chains_per_s"] > 0
     assert reports["reflect.py"]["dpo_train_step"]["ours_examples_per_s"] > 0
     assert reports["plan_accuracy.py"]["sft_step"]["estimated_step_bytes"] > 0
+    assert reports["scan_layers.py"]["compile_speedup"] > 0 and reports["scan_layers.py"]["step_time_ratio"] > 0
+    assert reports["packing.py"]["csqa"]["stages"]["analyze"]["cases"]["packed"]["examples_per_row"] > 1
+    assert all(report["ratio"] > 0 for report in reports["packing.py"].values())
 
 
 @pytest.mark.parametrize("name", ["t5_1_0_small", "t5_1_1_small"])

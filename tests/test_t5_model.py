@@ -188,10 +188,12 @@ def test_config_name_names_the_shape():
     assert t5.config_name(t5.model_config("t5_1_0_small", d_model=256)) is None
 
 
-@pytest.mark.parametrize("remat", ["dots_saveable", "full"])
-def test_remat_is_numerically_neutral(remat):
-    """The SFT loss and its gradients, dropout on, are the same with the layers rematerialised; the backward
-    pass really recomputes them (the traced step holds a checkpoint)."""
+@pytest.mark.parametrize("remat,scan_layers", [("dots_saveable", False), ("full", False), ("none", True),
+                                               ("dots_saveable", True), ("full", True)])
+def test_memory_options_are_numerically_neutral(remat, scan_layers):
+    """The SFT loss and its gradients, dropout on, are the same with the layers rematerialised and/or scanned
+    (the gradients of stacked parameters compared layer by layer); the backward pass really recomputes them
+    (the traced step holds a checkpoint) and a scanned stack really loops (one scan per stack)."""
     from tinythinker_jax.training import losses
 
     config = t5.model_config("t5_1_0_tiny", vocab_size=128)
@@ -207,13 +209,82 @@ def test_remat_is_numerically_neutral(remat):
         def loss_of(params):
             return losses.sft_loss(nnx.merge(graphdef, params, rest), batch, jax.random.key(1))[0]
 
-        return jax.value_and_grad(loss_of)(params), jax.make_jaxpr(jax.grad(loss_of))(params)
+        (loss, grads), jaxpr = jax.value_and_grad(loss_of)(params), jax.make_jaxpr(jax.grad(loss_of))(params)
+        grads = nnx.to_pure_dict(grads)
+        return loss, t5.unstack_layers(grads) if config.scan_layers else grads, str(jaxpr)
 
-    (loss, grads), _ = loss_and_grads(config)
-    (remat_loss, remat_grads), jaxpr = loss_and_grads(config.replace(remat=remat))
-    assert "checkpoint" in str(jaxpr) or "remat" in str(jaxpr)
-    np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
-    for remat_grad, grad in zip(jax.tree.leaves(remat_grads), jax.tree.leaves(grads)):
-        np.testing.assert_allclose(remat_grad, grad, rtol=1e-5, atol=1e-7)
+    loss, grads, _ = loss_and_grads(config)
+    option_loss, option_grads, jaxpr = loss_and_grads(config.replace(remat=remat, scan_layers=scan_layers))
+    if remat != "none":
+        assert "checkpoint" in jaxpr or "remat" in jaxpr
+    if scan_layers:
+        assert jaxpr.count("scan[") >= 2
+    np.testing.assert_allclose(option_loss, loss, rtol=1e-6)
+    assert jax.tree.structure(option_grads) == jax.tree.structure(grads)
+    for option_grad, grad in zip(jax.tree.leaves(option_grads), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(option_grad, grad, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="remat='some' is not supported"):
         config.replace(remat="some")
+
+
+def test_scanned_layers_decode_and_save_like_unrolled_ones(tmp_path, vocab_path):
+    """A scanned model has the unrolled one's weights (same seed), decodes the same tokens greedily and
+    sampled (its KV cache stacked over layers), writes a checkpoint in the unrolled layout, and loads from
+    either kind of checkpoint in either layout; `shape()` ignores the setting."""
+    from tinythinker_jax.models import decoding
+
+    config = t5.model_config("t5_1_1_tiny", vocab_size=256)
+    unrolled, scanned = t5.create_model(config, seed=0), t5.create_model(config.replace(scan_layers=True), seed=0)
+    assert config.replace(scan_layers=True).shape() == config.shape()
+    stacked = nnx.to_pure_dict(nnx.state(scanned))
+    assert stacked["decoder"]["layers"]["mlp"]["wo"].shape == (2, 128, 64)
+    assert scanned.decoder.layers.mlp.wo.get_metadata()["logical_axes"] == ("layers", "mlp", "embed")
+    jax.tree.map(np.testing.assert_array_equal, t5.unstack_layers(stacked), nnx.to_pure_dict(nnx.state(unrolled)))
+    rng = np.random.RandomState(0)
+    inputs = [list(rng.randint(3, 256, length)) + [1] for length in (9, 4, 12)]
+    for sampling in (decoding.SamplingConfig(), decoding.SamplingConfig(temperature=1.0, top_k=20)):
+        expected = decoding.generate(unrolled, inputs, max_decode_length=6, sampling=sampling, num_decodes=2)
+        got = decoding.generate(scanned, inputs, max_decode_length=6, sampling=sampling, num_decodes=2)
+        np.testing.assert_array_equal(got.tokens, expected.tokens)
+        np.testing.assert_allclose(got.log_likelihood, expected.log_likelihood, rtol=1e-5)
+
+    checkpoints.save_checkpoint(str(tmp_path / "scanned"), nnx.state(scanned), scanned.config, vocab_path)
+    checkpoints.save_checkpoint(str(tmp_path / "unrolled"), nnx.state(unrolled), unrolled.config, vocab_path)
+    _, saved = checkpoints.load_params_numpy(str(tmp_path / "scanned"))
+    jax.tree.map(np.testing.assert_array_equal, saved, checkpoints.load_params_numpy(str(tmp_path / "unrolled"))[1])
+    for source in ("scanned", "unrolled"):
+        for scan_layers in (False, True):
+            loaded = checkpoints.load_model(str(tmp_path / source), config=config.replace(scan_layers=scan_layers))
+            assert loaded.config.scan_layers == scan_layers
+            reference = scanned if scan_layers else unrolled
+            jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(loaded)),
+                         nnx.to_pure_dict(nnx.state(reference)))
+
+
+def test_a_packed_row_gives_each_example_its_own_logits():
+    """Two examples packed into one row with segment ids (the layout of `EncDecFeatureConverter(pack=True)`)
+    get, token by token, the logits each has alone: attention stays within an example and the relative
+    position bias is the same wherever an example sits."""
+    config = t5.model_config("t5_1_1_tiny", vocab_size=128)
+    model = t5.create_model(config, seed=0)
+    rng = np.random.RandomState(0)
+    examples = [(rng.randint(3, 128, 9), rng.randint(3, 128, 5)), (rng.randint(3, 128, 6), rng.randint(3, 128, 7))]
+    packed_inputs = np.zeros((1, 20), np.int32)
+    encoder_segments, decoder_segments = np.zeros((1, 20), np.int32), np.zeros((1, 14), np.int32)
+    decoder_inputs = np.zeros((1, 14), np.int32)
+    alone = []
+    at_input, at_target = 0, 0
+    for segment, (inputs, targets) in enumerate(examples, start=1):
+        shifted = np.concatenate([[0], targets[:-1]])
+        alone.append(_logits(model, inputs[None], shifted[None])[0])
+        packed_inputs[0, at_input:at_input + len(inputs)] = inputs
+        encoder_segments[0, at_input:at_input + len(inputs)] = segment
+        decoder_inputs[0, at_target:at_target + len(targets)] = shifted
+        decoder_segments[0, at_target:at_target + len(targets)] = segment
+        at_input, at_target = at_input + len(inputs), at_target + len(targets)
+    packed = nnx.jit(lambda m, *a: m(a[0], a[1], encoder_segment_ids=a[2], decoder_segment_ids=a[3]))(
+        model, packed_inputs, decoder_inputs, encoder_segments, decoder_segments)[0]
+    np.testing.assert_allclose(packed[:5], alone[0], atol=1e-5)
+    np.testing.assert_allclose(packed[5:12], alone[1], atol=1e-5)
+    with pytest.raises(ValueError, match="decoder_segment_ids need the encoder_segment_ids"):
+        model(packed_inputs, decoder_inputs, decoder_segment_ids=decoder_segments)

@@ -178,16 +178,24 @@ REMAT_COMPARISON = textwrap.dedent(
             return jax.value_and_grad(loss_of)(params)
 
         loss, grads = run(params, batch)
+        grads = nnx.to_pure_dict(grads)
+        if model.config.scan_layers:
+            grads = t5.unstack_layers(grads)
         return float(loss), [np.asarray(g) for g in jax.tree.leaves(grads)], str(run.lower(params, batch).as_text())
 
     base_loss, base_grads, _ = loss_and_grads(t5.create_model(config, seed=0))
     partitioner = partitioning.Partitioner(data=2, model=4, parameter_partitioning_dims=2)
     report = {}
-    for remat in t5.REMAT_POLICIES:
+    options = [(remat, False) for remat in t5.REMAT_POLICIES] + [("none", True), ("full", True)]
+    for remat, scan_layers in options:
         with partitioner.activate():
-            model = partitioner.create_model(lambda: t5.create_model(config.replace(remat=remat), seed=0))
+            model = partitioner.create_model(
+                lambda: t5.create_model(config.replace(remat=remat, scan_layers=scan_layers), seed=0))
             loss, grads, text = loss_and_grads(model)
-        report[remat] = {"loss_diff": abs(loss - base_loss),
+        if scan_layers:
+            spec = model.decoder.layers.mlp.wi_0[...].sharding.spec
+            report["scanned_wi_spec"] = list(spec) + [None] * (3 - len(spec))
+        report[f"{remat}, scan_layers={scan_layers}"] = {"loss_diff": abs(loss - base_loss),
                          "grad_diff": max(float(np.abs(g - b).max()) for g, b in zip(grads, base_grads)),
                          "grad_scale": max(float(np.abs(b).max()) for b in base_grads),
                          "rematerialised": "remat" in text or "checkpoint" in text}
@@ -196,10 +204,13 @@ REMAT_COMPARISON = textwrap.dedent(
 )
 
 
-def test_remat_policies_are_numerically_neutral_on_a_sharded_mesh():
-    """Loss and gradients of the SFT step with dropout, for every remat policy, with the parameters sharded
-    over 2 x 4 fake devices (FSDP), equal the unsharded model's without remat."""
+def test_memory_options_are_numerically_neutral_on_a_sharded_mesh():
+    """Loss and gradients of the SFT step with dropout, for every remat policy and with scanned layers, with
+    the parameters sharded over 2 x 4 fake devices (FSDP; a stacked parameter's layer axis unsplit), equal
+    the unsharded, unrolled model's without remat."""
     report = on_eight_devices(REMAT_COMPARISON)
-    assert set(report) == {"none", "dots_saveable", "full"}
+    assert report.pop("scanned_wi_spec") == [None, "data", "model"]
+    assert set(report) == {"none, scan_layers=False", "dots_saveable, scan_layers=False",
+                           "full, scan_layers=False", "none, scan_layers=True", "full, scan_layers=True"}
     for remat, result in report.items():
         assert result["loss_diff"] < 1e-5 and result["grad_diff"] < 1e-5 * result["grad_scale"], (remat, result)

@@ -51,6 +51,7 @@ def standard_logical_axis_rules(
         ("kv", None),
         ("length", None),
         ("relpos_buckets", None),
+        ("layers", None),  # scanned layers' stacking axis: each device holds a slice of every layer
     ]
     if parameter_partitioning_dims == 2:
         rules.append(("embed", "data"))

@@ -4,7 +4,8 @@
       t5_config.json   the T5Config fields
       spiece.model     the SentencePiece model the embedding was trained with (100 extra ids on top)
       params/          Orbax (StandardCheckpointer) tree of the float32 parameters, shaped like
-                       `nnx.to_pure_dict(nnx.state(model))`
+                       `nnx.to_pure_dict(nnx.state(model))` of an unscanned model (`layers/<i>/...`),
+                       also when the model trained with `scan_layers`
 
 Both HF import and export go through this format, and it is what a trainer starts from
 (`INITIAL_CHECKPOINT_PATH`): `restore_params` fills an abstract, possibly sharded, state.
@@ -24,7 +25,7 @@ from jax.sharding import Mesh
 from tinythinker_jax import partitioning
 from tinythinker_jax.data import locations
 from tinythinker_jax.errors import UserError
-from tinythinker_jax.models.t5 import T5Config, T5Transformer, abstract_model
+from tinythinker_jax.models.t5 import T5Config, T5Transformer, abstract_model, unstack_layers, with_scan_layers
 
 CONFIG_FILE = "t5_config.json"
 VOCAB_FILE = "spiece.model"
@@ -116,7 +117,8 @@ def check_checkpoint_vocabulary(ckpt_dir: str, vocabulary: str, setting: str) ->
 
 
 def save_checkpoint(ckpt_dir: str, params: Any, config: T5Config, vocab_path: str) -> None:
-    """Writes `params` (an nnx.State or its pure dict) with `config` and a copy of `vocab_path`.
+    """Writes `params` (an nnx.State or its pure dict, in `config`'s layout) with `config` and a copy of
+    `vocab_path`; scanned layers are written unstacked.
 
     Refuses to overwrite an existing checkpoint.
     """
@@ -127,6 +129,8 @@ def save_checkpoint(ckpt_dir: str, params: Any, config: T5Config, vocab_path: st
     check_vocab_fits(sentencepiece_size(vocab_path), config, vocab_path)
     if isinstance(params, nnx.State):
         params = nnx.to_pure_dict(params)
+    if config.scan_layers:
+        params = unstack_layers(params)
     os.makedirs(ckpt_dir, exist_ok=True)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(os.path.join(ckpt_dir, PARAMS_DIR), params)
@@ -196,7 +200,8 @@ def load_vocabulary(ckpt_dir: str):
 
 
 def restore_params(ckpt_dir: str, target: nnx.State) -> nnx.State:
-    """Fills `target` (an abstract or concrete state, possibly sharded) in place from the checkpoint."""
+    """Fills `target` (an abstract or concrete state of an unscanned model, possibly sharded) in place from the
+    checkpoint."""
     abstract = partitioning.restore_target(nnx.to_pure_dict(target))
     params_dir = os.path.join(os.path.abspath(ckpt_dir), PARAMS_DIR)
     if not os.path.isdir(params_dir):
@@ -242,8 +247,8 @@ def load_model(
     Args:
         ckpt_dir: The model checkpoint.
         dtype: The compute dtype (default: as saved); ignored when `config` is given.
-        config: How the model runs (dtype, dropout, remat): its shape must be the checkpoint's (default: the
-            checkpoint's own config).
+        config: How the model runs (dtype, dropout, remat, scan_layers): its shape must be the checkpoint's
+            (default: the checkpoint's own config).
         mesh: The mesh to lay the parameters out on.
         rules: The logical-axis rules for `mesh` (default: the standard ones).
 
@@ -255,14 +260,18 @@ def load_model(
         config = saved if dtype is None else saved.replace(dtype=dtype)
     elif config.shape() != saved.shape():
         raise CheckpointError(f"{ckpt_dir} holds a model of another shape: {saved}, not {config}")
-    graphdef, target = nnx.split(abstract_model(config))
+    rules = rules or partitioning.standard_logical_axis_rules()
+    graphdef, target = nnx.split(abstract_model(config.replace(scan_layers=False)))
     if mesh is not None:
-        target = partitioning.abstract_sharded(target, mesh, rules or partitioning.standard_logical_axis_rules())
-    return nnx.merge(graphdef, restore_params(ckpt_dir, target))
+        target = partitioning.abstract_sharded(target, mesh, rules)
+    model = with_scan_layers(nnx.merge(graphdef, restore_params(ckpt_dir, target)), config.scan_layers)
+    if mesh is not None and config.scan_layers:  # the stacked parameters laid out by their own logical axes
+        partitioning.shard_model(model, mesh, rules)
+    return model
 
 
 def load_params_numpy(ckpt_dir: str) -> tuple[T5Config, dict[str, Any]]:
-    """The config and the parameters as a pure dict of host numpy arrays (for export)."""
+    """The config and the (unstacked) parameters as a pure dict of host numpy arrays (for export)."""
     config = load_config(ckpt_dir)
-    state = restore_params(ckpt_dir, nnx.state(abstract_model(config)))
+    state = restore_params(ckpt_dir, nnx.state(abstract_model(config.replace(scan_layers=False))))
     return config, jax.tree.map(np.asarray, nnx.to_pure_dict(state))

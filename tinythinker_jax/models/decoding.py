@@ -18,7 +18,7 @@ from flax import nnx
 from tinythinker_jax import partitioning
 from tinythinker_jax.models import batching, compiled
 from tinythinker_jax.models.scoring import token_log_likelihoods
-from tinythinker_jax.models.t5 import LayerCache, T5Transformer
+from tinythinker_jax.models.t5 import DecodingCache, T5Transformer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +47,7 @@ class DecodeResult(NamedTuple):
 class _LoopState(NamedTuple):
     step: jax.Array
     last_tokens: jax.Array
-    cache: list[LayerCache]
+    cache: DecodingCache
     tokens: jax.Array
     done: jax.Array
     log_likelihood: jax.Array

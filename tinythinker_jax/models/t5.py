@@ -13,7 +13,7 @@ carries `logical_axes` metadata and the main activations are constrained by logi
 
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, TypeVar, cast
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +34,7 @@ REMAT_POLICIES = {
 }
 NEG_INF = -1e10  # Finite, so a row with every key masked (a padding row) stays NaN-free.
 EMBED_AXES = ("batch", "length", "embed")
+ModuleT = TypeVar("ModuleT", bound=nnx.Module)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,9 @@ class T5Config:
     layer_norm_epsilon: float = 1e-6
     dtype: str = "float32"  # compute dtype; parameters are always float32
     remat: str = "none"  # a key of REMAT_POLICIES: memory for recomputation in training, numerically neutral
+    # One layer's program run by `jax.lax.scan` over parameters stacked on a leading `layers` axis: compiles
+    # in time independent of depth; numerically neutral, and checkpoints keep the unstacked layout.
+    scan_layers: bool = False
     pad_id: int = 0
     eos_id: int = 1
     decoder_start_id: int = 0
@@ -67,8 +71,9 @@ class T5Config:
             raise ValueError(f"remat={self.remat!r} is not supported; use one of {tuple(REMAT_POLICIES)}")
 
     def shape(self) -> "T5Config":
-        """The config with how it computes (dtype, dropout, remat) at their defaults: what fixes the parameters."""
-        return dataclasses.replace(self, dtype="float32", dropout_rate=0.1, remat="none")
+        """The config with how it computes (dtype, dropout, remat, scan) at their defaults: what fixes the
+        parameters (in the checkpoints' unstacked layout)."""
+        return dataclasses.replace(self, dtype="float32", dropout_rate=0.1, remat="none", scan_layers=False)
 
     @property
     def compute_dtype(self) -> jnp.dtype:
@@ -166,6 +171,11 @@ def _param(rngs: nnx.Rngs, stddev: float, shape: tuple[int, ...], axes: tuple[st
 
 def _mask_bias(mask: ArrayLike) -> jax.Array:
     return jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)
+
+
+def _same_segment(query_segment_ids: jax.Array, key_segment_ids: jax.Array) -> jax.Array:
+    """[batch, query_length, key_length]: the key is in the query's example and not padding (segment 0)."""
+    return (query_segment_ids[:, :, None] == key_segment_ids[:, None, :]) & (key_segment_ids[:, None, :] > 0)
 
 
 class LayerNorm(nnx.Module):
@@ -319,6 +329,10 @@ class LayerCache(NamedTuple):
     cross_value: jax.Array
 
 
+# One LayerCache per decoder layer, or for scanned layers one whose arrays stack theirs on a leading axis.
+DecodingCache = list[LayerCache] | LayerCache
+
+
 class DecoderLayer(nnx.Module):
     def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
         self.pre_self_attention_layer_norm = LayerNorm(config)
@@ -364,70 +378,121 @@ class DecoderLayer(nnx.Module):
         return x, cache._replace(self_key=self_key, self_value=self_value)
 
 
-def _layer_caller(remat: str) -> Callable[..., Any]:
-    """`call(layer, *args)`, which runs a layer in a stack's forward pass: directly, or under `nnx.remat` with
-    the policy `remat` names, so the backward pass recomputes what the policy does not keep. Made at trace
-    time: a function kept on the module would make two equal models' graphs unequal (and recompile)."""
+def _layer_stack(layers: list[ModuleT], scan: bool) -> ModuleT | nnx.List:
+    """The layers as a list, or for a scan as one layer whose every parameter stacks theirs on a new leading
+    `layers` axis (made from the same draws, so a seed gives the same weights either way)."""
+    if not scan:
+        return nnx.List(layers)
+    graphdef, first = nnx.split(layers[0])
+    rest = [nnx.state(layer) for layer in layers[1:]]
 
-    def call(layer: nnx.Module, *args: Any) -> Any:
-        return layer(*args)
+    def stack(first: nnx.Variable, *rest: nnx.Variable) -> nnx.Variable:
+        axes = ("layers",) + tuple(first.get_metadata()["logical_axes"])
+        return first.replace(jnp.stack([v[...] for v in (first, *rest)]), logical_axes=axes)
 
-    if remat == "none":
-        return call
-    return nnx.remat(call, policy=REMAT_POLICIES[remat])
+    return nnx.merge(graphdef, jax.tree.map(stack, first, *rest, is_leaf=_is_variable))
+
+
+def _is_variable(x: Any) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def _layer_function(graphdef: nnx.GraphDef, remat: str) -> Callable[..., Any]:
+    """`apply(state, dropout_key, x, *args)`: one layer (`graphdef` with `state`) on `x`, with dropout given a
+    key; under `jax.checkpoint` with the policy `remat` names, so the backward pass recomputes what the policy
+    does not keep. Made at trace time: a function kept on the module would make two equal models' graphs
+    unequal (and recompile)."""
+
+    def apply(state: nnx.State, dropout_key: jax.Array | None, x: jax.Array, *args: Any) -> jax.Array:
+        rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
+        return nnx.merge(graphdef, state)(x, *args, rngs)
+
+    return apply if remat == "none" else jax.checkpoint(apply, policy=REMAT_POLICIES[remat])
+
+
+def _run_layers(
+    layers: nnx.Module, num_layers: int, config: T5Config, x: jax.Array, rngs: nnx.Rngs | None, *args: Any
+) -> jax.Array:
+    """`x` through a stack's layers, each given `args` and, in training, its own dropout key (one draw of
+    `rngs` split per layer, so unrolled and scanned stacks drop the same units)."""
+    keys = None if rngs is None else jax.random.split(rngs.dropout(), num_layers)
+    if config.scan_layers:
+        graphdef, state = nnx.split(layers)
+        apply = _layer_function(graphdef, config.remat)
+        return jax.lax.scan(lambda x, layer: (apply(*layer, x, *args), None), x, (state, keys))[0]
+    for index, layer in enumerate(cast(nnx.List, layers)):
+        graphdef, state = nnx.split(layer)
+        x = _layer_function(graphdef, config.remat)(state, None if keys is None else keys[index], x, *args)
+    return x
 
 
 class Encoder(nnx.Module):
     def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
         self.relative_bias = RelativePositionBias(config, bidirectional=True, rngs=rngs)
-        self.layers = nnx.List([EncoderLayer(config, rngs=rngs) for _ in range(config.num_encoder_layers)])
+        self.layers = _layer_stack(
+            [EncoderLayer(config, rngs=rngs) for _ in range(config.num_encoder_layers)], config.scan_layers)
         self.final_layer_norm = LayerNorm(config)
         self.dropout = Dropout(config.dropout_rate)
-        self.remat = config.remat
+        self.config = config
 
     def __call__(self, embedded: jax.Array, mask: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+        """`mask` [batch, 1 or length, length]: which keys each query may attend to."""
         length = embedded.shape[1]
-        bias = self.relative_bias(length, length) + _mask_bias(mask)[:, None, None, :]
+        bias = self.relative_bias(length, length) + _mask_bias(mask)[:, None]
         x = self.dropout(embedded, rngs)
-        call_layer = _layer_caller(self.remat)
-        for layer in self.layers:
-            x = call_layer(layer, x, bias, rngs)
+        x = _run_layers(self.layers, self.config.num_encoder_layers, self.config, x, rngs, bias)
         return self.dropout(self.final_layer_norm(x), rngs)
 
 
 class Decoder(nnx.Module):
     def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
         self.relative_bias = RelativePositionBias(config, bidirectional=False, rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_decoder_layers)])
+        self.layers = _layer_stack(
+            [DecoderLayer(config, rngs=rngs) for _ in range(config.num_decoder_layers)], config.scan_layers)
         self.final_layer_norm = LayerNorm(config)
         self.dropout = Dropout(config.dropout_rate)
-        self.remat = config.remat
+        self.config = config
 
     def __call__(
-        self, embedded: jax.Array, encoded: jax.Array, encoder_mask: jax.Array, rngs: nnx.Rngs | None
+        self, embedded: jax.Array, encoded: jax.Array, self_mask: jax.Array, cross_mask: jax.Array,
+        rngs: nnx.Rngs | None,
     ) -> jax.Array:
+        """`self_mask` [batch or 1, length, length] and `cross_mask` [batch, 1 or length, input_length]: which
+        keys each query may attend to."""
         length = embedded.shape[1]
-        causal = np.tril(np.ones((length, length), bool))
-        self_bias = self.relative_bias(length, length) + _mask_bias(causal)
-        cross_bias = _mask_bias(encoder_mask)[:, None, None, :]
+        self_bias = self.relative_bias(length, length) + _mask_bias(self_mask)[:, None]
+        cross_bias = _mask_bias(cross_mask)[:, None]
         x = self.dropout(embedded, rngs)
-        call_layer = _layer_caller(self.remat)
-        for layer in self.layers:
-            x = call_layer(layer, x, encoded, self_bias, cross_bias, rngs)
+        x = _run_layers(self.layers, self.config.num_decoder_layers, self.config, x, rngs, encoded, self_bias,
+                        cross_bias)
         return self.dropout(self.final_layer_norm(x), rngs)
 
-    def init_cache(self, encoded: jax.Array, cache_length: int, num_samples: int) -> list[LayerCache]:
-        return [layer.init_cache(encoded, cache_length, num_samples) for layer in self.layers]
+    def init_cache(self, encoded: jax.Array, cache_length: int, num_samples: int) -> DecodingCache:
+        if self.config.scan_layers:
+            graphdef, state = nnx.split(self.layers)
+            return jax.vmap(lambda state: cast(DecoderLayer, nnx.merge(graphdef, state)).init_cache(
+                encoded, cache_length, num_samples))(state)
+        return [layer.init_cache(encoded, cache_length, num_samples) for layer in cast(nnx.List, self.layers)]
 
     def decode_step(
-        self, embedded: jax.Array, position: jax.Array, cache: list[LayerCache], encoder_mask: jax.Array
-    ) -> tuple[jax.Array, list[LayerCache]]:
-        cache_length = cache[0].self_key.shape[2]
+        self, embedded: jax.Array, position: jax.Array, cache: DecodingCache, encoder_mask: jax.Array
+    ) -> tuple[jax.Array, DecodingCache]:
+        cache_length = (cache if isinstance(cache, LayerCache) else cache[0]).self_key.shape[-2]
         visible = jnp.arange(cache_length) <= position
         self_bias = self.relative_bias.for_query(position, cache_length) + _mask_bias(visible)
-        cross_bias = _mask_bias(encoder_mask)[:, None, None, :]
+        cross_bias = _mask_bias(encoder_mask)[:, None]
+        if isinstance(cache, LayerCache):  # stacked, for a scan over the stacked layers
+
+            def step(x: jax.Array, layer: tuple[nnx.State, LayerCache]) -> tuple[jax.Array, LayerCache]:
+                state, layer_cache = layer
+                return cast(DecoderLayer, nnx.merge(graphdef, state)).decode_step(
+                    x, position, layer_cache, self_bias, cross_bias)
+
+            graphdef, state = nnx.split(self.layers)
+            x, stacked = jax.lax.scan(step, embedded, (state, cache))
+            return self.final_layer_norm(x), stacked
         x, new_cache = embedded, []
-        for layer, layer_cache in zip(self.layers, cache):
+        for layer, layer_cache in zip(cast(nnx.List, self.layers), cache):
             x, layer_cache = layer.decode_step(x, position, layer_cache, self_bias, cross_bias)
             new_cache.append(layer_cache)
         return self.final_layer_norm(x), new_cache
@@ -476,16 +541,33 @@ class T5Transformer(nnx.Module):
         kernel = self.token_embedder[...].astype(self.config.compute_dtype).T
         return jax.lax.optimization_barrier(kernel)
 
-    def _encode(self, encoder_input_tokens: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
-        mask = encoder_input_tokens != self.config.pad_id
-        return self.encoder(self._embed(encoder_input_tokens), mask, rngs)
+    def _encode(self, encoder_input_tokens: jax.Array, rngs: nnx.Rngs | None,
+                encoder_segment_ids: jax.Array | None = None) -> jax.Array:
+        return self.encoder(self._embed(encoder_input_tokens), self._encoder_mask(encoder_input_tokens,
+                            encoder_segment_ids), rngs)
+
+    def _encoder_mask(self, encoder_input_tokens: jax.Array, encoder_segment_ids: jax.Array | None) -> jax.Array:
+        """[batch, 1 or length, length]: every non-padding key, or in a packed row (`encoder_segment_ids`, 0 for
+        padding) the keys of the query's own example."""
+        if encoder_segment_ids is None:
+            return (encoder_input_tokens != self.config.pad_id)[:, None, :]
+        return _same_segment(encoder_segment_ids, encoder_segment_ids)
 
     def _decode(
         self, encoded: jax.Array, encoder_input_tokens: jax.Array, decoder_input_tokens: jax.Array,
-        rngs: nnx.Rngs | None,
+        rngs: nnx.Rngs | None, encoder_segment_ids: jax.Array | None = None,
+        decoder_segment_ids: jax.Array | None = None,
     ) -> jax.Array:
-        encoder_mask = encoder_input_tokens != self.config.pad_id
-        hidden = self.decoder(self._embed(decoder_input_tokens), encoded, encoder_mask, rngs)
+        length = decoder_input_tokens.shape[1]
+        causal = jnp.tril(jnp.ones((1, length, length), bool))
+        if decoder_segment_ids is None:
+            self_mask, cross_mask = causal, (encoder_input_tokens != self.config.pad_id)[:, None, :]
+        else:
+            if encoder_segment_ids is None:
+                raise ValueError("decoder_segment_ids need the encoder_segment_ids of the same packed rows")
+            self_mask = causal & _same_segment(decoder_segment_ids, decoder_segment_ids)
+            cross_mask = _same_segment(decoder_segment_ids, encoder_segment_ids)
+        hidden = self.decoder(self._embed(decoder_input_tokens), encoded, self_mask, cross_mask, rngs)
         logits = self._logits(hidden)
         return with_logical_constraint(logits, ("batch", "length", "vocab"))
 
@@ -503,27 +585,34 @@ class T5Transformer(nnx.Module):
 
     def __call__(
         self, encoder_input_tokens: jax.Array, decoder_input_tokens: jax.Array, *,
-        dropout_rng: jax.Array | None = None,
+        dropout_rng: jax.Array | None = None, encoder_segment_ids: jax.Array | None = None,
+        decoder_segment_ids: jax.Array | None = None,
     ) -> jax.Array:
-        """Token logits [batch, target_length, vocab], float32. Dropout runs only given `dropout_rng`."""
-        rngs = _dropout_rngs(dropout_rng)
-        encoded = self._encode(encoder_input_tokens, rngs)
-        return self._decode(encoded, encoder_input_tokens, decoder_input_tokens, rngs)
+        """Token logits [batch, target_length, vocab], float32. Dropout runs only given `dropout_rng`.
 
-    def init_decoding_cache(self, encoded: jax.Array, cache_length: int, num_samples: int = 1) -> list[LayerCache]:
+        Rows packed with several examples (`seqio.EncDecFeatureConverter(pack=True)`'s layout) pass both
+        segment ids (1, 2, ... per example, 0 for padding): attention then stays within each example, so each
+        gets the logits it has alone. Positions need no passing: T5's only position signal is the relative
+        bias, whose offsets within an example are the same wherever the example sits in the row."""
+        rngs = _dropout_rngs(dropout_rng)
+        encoded = self._encode(encoder_input_tokens, rngs, encoder_segment_ids)
+        return self._decode(encoded, encoder_input_tokens, decoder_input_tokens, rngs, encoder_segment_ids,
+                            decoder_segment_ids)
+
+    def init_decoding_cache(self, encoded: jax.Array, cache_length: int, num_samples: int = 1) -> DecodingCache:
         """Per-layer cache for `cache_length` decoding steps of `num_samples` samples per input,
         cross-attention keys and values precomputed once per input."""
         return self.decoder.init_cache(encoded, cache_length, num_samples)
 
     def decode_step(
-        self, tokens: jax.Array, position: jax.Array, cache: list[LayerCache], encoder_input_tokens: jax.Array,
+        self, tokens: jax.Array, position: jax.Array, cache: DecodingCache, encoder_input_tokens: jax.Array,
         logits_kernel: jax.Array | None = None,
-    ) -> tuple[jax.Array, list[LayerCache]]:
+    ) -> tuple[jax.Array, DecodingCache]:
         """Feeds `tokens` [inputs x samples] (each input's samples adjacent) at decoder `position`; returns
         the next-token logits [inputs x samples, vocab]. `encoder_input_tokens` [inputs, length] is what
         the cache was made from. `logits_kernel`: optionally `decoding_logits_kernel()`, computed once
         outside the decoding loop."""
-        encoder_mask = encoder_input_tokens != self.config.pad_id
+        encoder_mask = (encoder_input_tokens != self.config.pad_id)[:, None, :]
         hidden, cache = self.decoder.decode_step(self._embed(tokens[:, None]), position, cache, encoder_mask)
         return self._logits(hidden[:, 0], logits_kernel), cache
 
@@ -539,3 +628,39 @@ def create_model(config: T5Config, *, seed: int = 0) -> T5Transformer:
 def abstract_model(config: T5Config) -> T5Transformer:
     """The model with shapes and metadata but no arrays: a restore target costing no memory."""
     return nnx.eval_shape(lambda: create_model(config))
+
+
+STACKS = ("encoder", "decoder")
+
+
+def unstack_layers(params: dict[str, Any]) -> dict[str, Any]:
+    """A scanned model's parameters (`nnx.to_pure_dict`) in the unscanned layout, `<stack>/layers/<i>/...`:
+    the layout checkpoints and the HF conversion use, whatever `scan_layers` a model trains with."""
+    unstacked = dict(params)
+    for stack in STACKS:
+        layers = params[stack]["layers"]
+        count = jax.tree.leaves(layers)[0].shape[0]
+        unstacked[stack] = {**params[stack], "layers": {
+            index: jax.tree.map(lambda stacked, index=index: stacked[index], layers) for index in range(count)}}
+    return unstacked
+
+
+def stack_layers(params: dict[str, Any]) -> dict[str, Any]:
+    """`unstack_layers` undone: each stack's layer parameters stacked on a leading axis, for `scan_layers`."""
+    stacked = dict(params)
+    for stack in STACKS:
+        layers = params[stack]["layers"]
+        in_order = [layers[index] for index in sorted(layers, key=int)]
+        stacked[stack] = {**params[stack], "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *in_order)}
+    return stacked
+
+
+def with_scan_layers(model: T5Transformer, scan_layers: bool) -> T5Transformer:
+    """`model`'s parameters in a model whose config differs only in `scan_layers` (stacked or unstacked);
+    `model` itself when it already has that layout. The stacking copies the layers' parameters once."""
+    if model.config.scan_layers == scan_layers:
+        return model
+    graphdef, target = nnx.split(abstract_model(model.config.replace(scan_layers=scan_layers)))
+    params = nnx.to_pure_dict(nnx.state(model))
+    nnx.replace_by_pure_dict(target, stack_layers(params) if scan_layers else unstack_layers(params))
+    return nnx.merge(graphdef, target)
