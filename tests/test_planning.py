@@ -32,9 +32,18 @@ def test_largest_batch_finds_the_boundary():
     assert calls == [1, 8, 128]  # linear: the estimate from 1 and 8 is checked once
     assert planning.largest_batch(_fake_plan(1000, 7, []), 1000) is None
     assert planning.largest_batch(_fake_plan(0, 1, []), 1 << 30, limit=64).batch_size == 64
-    assert planning.largest_batch(_fake_plan(100, 300, []), 1000).batch_size == 3  # bisected below 8
+    assert planning.largest_batch(_fake_plan(100, 300, []), 1000).batch_size == 3  # below 8
 
-    def superlinear(batch_size: int) -> planning.CompiledMemory:  # an estimate too large is bisected
+    def steeper_beyond_eight(batch_size: int) -> planning.CompiledMemory:  # as a scanned stack's figures grow
+        calls.append(batch_size)
+        return planning.CompiledMemory("sft_step", batch_size, 0.0, 100, 0, 0,
+                                       7 * min(batch_size, 8) + 8 * max(batch_size - 8, 0))
+
+    calls.clear()
+    assert planning.largest_batch(steeper_beyond_eight, 1000).batch_size == 113  # 100 + 56 + 8 * 105 <= 1000
+    assert calls == [1, 8, 128, 113, 114]  # the line through 8 and 128 meets the memory at 113; 114 does not fit
+
+    def superlinear(batch_size: int) -> planning.CompiledMemory:  # the line falls short: bisection steps
         return planning.CompiledMemory("sft_step", batch_size, 0.0, 100, 0, 0, 7 * batch_size + batch_size**2 // 20)
 
     fits = planning.largest_batch(superlinear, 1000)

@@ -24,7 +24,7 @@ def test_paper_blocks():
 def test_blocks_cycle_and_exhausted_streams_are_skipped_until_all_are():
     schedule = BlockSchedule(stage_blocks(("recall", "analyze", "summarize"), 2, 2),
                              {"recall": 3, "analyze": 5, "summarize": 2})
-    assert schedule.cycle_steps == 8 and schedule.steps_per_epoch == 10
+    assert schedule.cycle_steps == 8 and schedule.steps_in_epoch(0) == 10
     draws, _ = run(schedule, 14)
     assert [d[0][0] + str(d[2]) for d in draws] == [
         "r0", "r1", "a0", "a1", "a2", "a3", "s0", "s1",  # first cycle
@@ -52,3 +52,14 @@ def test_resuming_from_json_state_continues_identically():
     first, state = run(schedule, 47)
     second, _ = run(schedule, 73, json.loads(json.dumps(state)))
     assert first + second == uncut
+
+
+def test_batches_per_epoch_may_change_from_epoch_to_epoch():
+    """A packed stream's rows differ per epoch: the schedule counts each epoch's own batches."""
+    schedule = BlockSchedule((("recall", 2), ("summarize", 1)), {"recall": lambda epoch: 3 - epoch, "summarize": 1})
+    assert [schedule.steps_in_epoch(epoch) for epoch in range(3)] == [4, 3, 2]
+    draws, _ = run(schedule, 9)
+    assert [(stream[0], epoch, index) for stream, epoch, index in draws] == [
+        ("r", 0, 0), ("r", 0, 1), ("s", 0, 0), ("r", 0, 2),
+        ("r", 1, 0), ("r", 1, 1), ("s", 1, 0),
+        ("r", 2, 0), ("s", 2, 0)]

@@ -14,7 +14,6 @@ import dataclasses
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
-import seqio
 
 from tinythinker_jax.models import batching
 
@@ -36,6 +35,9 @@ def read_task_features(task_name: str, features: Sequence[str], split: str = "tr
                        scalars: Sequence[str] = ()) -> dict[str, list]:
     """Every example of a task, whole: each of `features` as a list of int32 token arrays (EOS included),
     each of `scalars` as a list of numbers, in the source's order."""
+    # Imported here: the layout helpers below also serve benchmarks on images without seqio or TensorFlow.
+    import seqio
+
     task = seqio.get_mixture_or_task(task_name)
     dataset = task.get_dataset(sequence_length=None, split=split, shuffle=False, seed=0)
     dataset = dataset.map(lambda example: {name: example[name] for name in (*features, *scalars)})

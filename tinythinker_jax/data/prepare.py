@@ -14,8 +14,6 @@ import shutil
 import tempfile
 import time
 
-import sentencepiece as spm
-
 from tinythinker_jax.data import benchmarks, locations, tfds_builder
 from tinythinker_jax.data.records import (
     DataError,
@@ -31,7 +29,6 @@ from tinythinker_jax.data.records import (
 from tinythinker_jax.errors import in_brief
 
 TOY_VARIANTS = {"toyworld": "mc5", "toyworld_mc4": "mc4", "toyworld_yesno": "yesno"}
-TOY_VOCABULARY_SIZE = 600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,16 +181,6 @@ def prepare_benchmark(dataset: str, raw_dir: str, data_dir: str, seed: int = ben
     return Prepared(manifest, rebuilt=True, stale_teacher_dir=stale_dir)
 
 
-def _train_toy_vocabulary(corpus: list[str], path: str) -> None:
-    # T5's id conventions (pad 0, eos 1, unk 2, no bos) so the model code treats both vocabularies alike;
-    # one thread keeps the trained model identical run to run.
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus), model_prefix=path[: -len(".model")], vocab_size=TOY_VOCABULARY_SIZE,
-        model_type="bpe", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
-        num_threads=1, minloglevel=2, character_coverage=1.0,
-    )
-
-
 def prepare_toyworld(data_dir: str, dataset: str = "toyworld", seed: int = 0, num_samples: int = 2) -> dict:
     """Generates the toy world, its splits, template-teacher records and vocabulary; returns the manifest."""
     from tinythinker_jax.data.toyworld import ToyWorld
@@ -209,7 +196,7 @@ def prepare_toyworld(data_dir: str, dataset: str = "toyworld", seed: int = 0, nu
     train = read_questions(locations.split_path(data_dir, "train"))
     write_jsonl(locations.teacher_path(data_dir),
                 (teacher_record_to_json(world.teacher_record(q, num_samples)) for q in train))
-    _train_toy_vocabulary(world.corpus(), vocabulary)
+    world.train_vocabulary(vocabulary)
     return manifest
 
 

@@ -21,10 +21,13 @@ import dataclasses
 import os
 import random
 
+import sentencepiece as spm
+
 from tinythinker_jax import formats
 from tinythinker_jax.data.records import Question, Rationale, TeacherRecord, make_question, write_json, write_jsonl
 
 VARIANTS = ("mc5", "mc4", "yesno")
+VOCABULARY_SIZE = 600
 OPTION_COUNTS = {"mc5": 5, "mc4": 4}
 MC_SPLITS = ("train", "dev", "test")
 YESNO_FILE = "strategyqa_train.json"
@@ -196,6 +199,16 @@ class ToyWorld:
                         lines.update(dict.fromkeys(text.split("\n")))
         lines.update(dict.fromkeys(formats.summary_target(label) for label in "ABCDE"))
         return list(lines)
+
+    def train_vocabulary(self, path: str) -> None:
+        """Trains the world's SentencePiece model on its `corpus` and writes it to `path` (`*.model`)."""
+        # T5's id conventions (pad 0, eos 1, unk 2, no bos) so the model code treats both vocabularies alike;
+        # one thread keeps the trained model identical run to run.
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(self.corpus()), model_prefix=path[: -len(".model")], vocab_size=VOCABULARY_SIZE,
+            model_type="bpe", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
+            num_threads=1, minloglevel=2, character_coverage=1.0,
+        )
 
     def _questions_of(self, variant: str) -> dict[str, tuple[Question, ...]]:
         if variant not in self.questions:

@@ -29,6 +29,8 @@ from tinythinker_jax.phases.step import LossFn, make_train_step
 
 # XLA's status code for a failed device allocation.
 OUT_OF_MEMORY = "RESOURCE_EXHAUSTED"
+# Device metrics that count (summed over steps into rates), not measure (averaged).
+COUNTS = ("tokens", "examples", "rows")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +82,10 @@ class PendingMetrics:
 
     def flush(self, batch_size: int) -> dict[str, float]:
         """Means of the pending steps' metrics (and loss per stage); raises on the first non-finite loss or
-        gradient norm (a finite loss can still come with an infinite gradient, which makes the update NaN)."""
+        gradient norm (a finite loss can still come with an infinite gradient, which makes the update NaN).
+
+        Counts (`tokens`; a packed batch's `examples` and `rows`) are summed into rates instead: examples
+        per second counts the examples of packed rows, and `examples_per_row` is their mean per row."""
         if not self.rows:
             return {}
         fetched = jax.device_get([values for _, _, values in self.rows])
@@ -91,10 +96,13 @@ class PendingMetrics:
                         f"{name} is {float(values[name])} at step {step} (stage {stage}): stopping without "
                         "saving; the last checkpoint in its checkpoints/ directory holds the last good state")
         elapsed = max(time.time() - self.started, 1e-9)
-        summary = {name: float(np.mean([v[name] for v in fetched])) for name in fetched[0] if name != "tokens"}
-        summary["examples_per_second"] = batch_size * len(fetched) / elapsed
-        if "tokens" in fetched[0]:
-            summary["tokens_per_second"] = float(sum(v["tokens"] for v in fetched)) / elapsed
+        totals = {name: float(sum(v[name] for v in fetched)) for name in COUNTS if name in fetched[0]}
+        summary = {name: float(np.mean([v[name] for v in fetched])) for name in fetched[0] if name not in COUNTS}
+        summary["examples_per_second"] = totals.get("examples", batch_size * len(fetched)) / elapsed
+        if "tokens" in totals:
+            summary["tokens_per_second"] = totals["tokens"] / elapsed
+        if "rows" in totals:
+            summary["examples_per_row"] = totals["examples"] / max(totals["rows"], 1.0)
         for stage in sorted({stage for _, stage, _ in self.rows}):
             losses = [v["loss"] for (_, s, _), v in zip(self.rows, fetched) if s == stage]
             summary[f"loss/{stage}"] = float(np.mean(losses))

@@ -3,10 +3,15 @@
 Blocks cycle `recall x interval`, `analyze x interval*num_options`, `summarize x interval`, ...; a
 stream exhausted for the epoch is skipped until every stream is, then the next epoch starts at the
 first block. The state is a small JSON-able dict, so a resumed run takes exactly the next batch.
+A stream's batches per epoch may change from epoch to epoch (a packed stream's rows do); the state then
+still names the next batch, since the schedule asks for the counts of the epoch it is in.
 """
 
 import dataclasses
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence, Union
+
+# Batches in an epoch of a stream: one count for every epoch, or a function of the epoch.
+BatchCount = Union[int, Callable[[int], int]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,24 +24,29 @@ class Draw:
 @dataclasses.dataclass(frozen=True)
 class BlockSchedule:
     blocks: tuple[tuple[str, int], ...]  # (stream, steps per block), in cycle order
-    num_batches: Mapping[str, int]  # batches per epoch of every stream
+    num_batches: Mapping[str, BatchCount]  # batches per epoch of every stream
 
     def __post_init__(self):
         active = [(name, length) for name, length in self.blocks if length > 0]
         if not active:
             raise ValueError(f"every block has length 0: {self.blocks}")
         for name, _ in active:
-            if self.num_batches.get(name, 0) <= 0:
+            if name not in self.num_batches or self.batches(name, 0) <= 0:
                 raise ValueError(f"stream {name!r} has no batches")
+
+    def batches(self, name: str, epoch: int) -> int:
+        """Batches of stream `name` in `epoch`."""
+        count = self.num_batches[name]
+        return count if isinstance(count, int) else count(epoch)
 
     @property
     def cycle_steps(self) -> int:
         """Steps of one full cycle of blocks: the evaluation period."""
         return sum(length for _, length in self.blocks)
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return sum(self.num_batches[name] for name in {name for name, length in self.blocks if length > 0})
+    def steps_in_epoch(self, epoch: int) -> int:
+        """Steps of `epoch`: every batch of every stream that has a block."""
+        return sum(self.batches(name, epoch) for name in {name for name, length in self.blocks if length > 0})
 
     @staticmethod
     def initial_state() -> dict:
@@ -48,12 +58,12 @@ class BlockSchedule:
         consumed = dict(state["consumed"])
         for _ in range(2 * len(self.blocks) + 1):
             name, length = self.blocks[block]
-            if in_block < length and consumed.get(name, 0) < self.num_batches[name]:
+            if in_block < length and consumed.get(name, 0) < self.batches(name, epoch):
                 draw = Draw(name, epoch, consumed.get(name, 0))
                 consumed[name] = draw.batch_index + 1
                 return draw, {"epoch": epoch, "block": block, "in_block": in_block + 1, "consumed": consumed}
             block, in_block = (block + 1) % len(self.blocks), 0
-            if all(consumed.get(n, 0) >= self.num_batches[n] for n, length in self.blocks if length > 0):
+            if all(consumed.get(n, 0) >= self.batches(n, epoch) for n, length in self.blocks if length > 0):
                 epoch, block, consumed = epoch + 1, 0, {}
         raise AssertionError("unreachable: validated blocks always yield a batch")
 

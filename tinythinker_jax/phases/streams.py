@@ -3,13 +3,15 @@
 Materialising the tokenised examples once makes the data position two integers
 (epoch, batch index): checkpointing it is trivial, a resumed run gets exactly the next batch, and every
 process of a multi-host run computes the same order and takes its own rows of each global batch.
+A packed stream (`data/packing.py`) packs each epoch's order into rows the same way in every process, so
+its position is the same two integers; only its number of batches differs from epoch to epoch.
 """
 
 from typing import Optional
 
 import numpy as np
 
-from tinythinker_jax.data import lengths
+from tinythinker_jax.data import lengths, packing
 
 
 def load_task_arrays(task_name: str, feature_lengths: lengths.FeatureLengths = None,
@@ -32,18 +34,29 @@ def load_task_arrays(task_name: str, feature_lengths: lengths.FeatureLengths = N
 
 class Stream:
     """Batches of one stream's examples; the last batch of an epoch is filled with rows whose
-    `weight_field` is 0, which every loss ignores."""
+    `weight_field` is 0, which every loss ignores.
+
+    With `pack`, a batch is `batch_size` rows of the epoch's examples packed in order (`packing`), with
+    segment ids, and the filler rows are all zeros.
+    """
 
     def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int,
-                 weight_field: str = "decoder_loss_weights"):
+                 weight_field: str = "decoder_loss_weights", pack: bool = False):
         self.arrays, self.batch_size, self.seed, self.weight_field = arrays, batch_size, seed, weight_field
         self.num_examples = len(arrays["encoder_input_tokens"])
         self._order_epoch: Optional[int] = None
         self._order: Optional[np.ndarray] = None
+        self._lengths = packing.example_lengths(arrays) if pack else None
+        self._starts_epoch: Optional[int] = None
+        self._starts: Optional[np.ndarray] = None
 
-    @property
-    def num_batches(self) -> int:
-        return -(-self.num_examples // self.batch_size)
+    def num_rows(self, epoch: int) -> int:
+        """Rows of `epoch`: one per example, or the packed rows of its order."""
+        return self.num_examples if self._lengths is None else len(self.row_starts(epoch)) - 1
+
+    def num_batches(self, epoch: int) -> int:
+        """Batches in `epoch` (the same in every epoch unless the stream packs)."""
+        return -(-self.num_rows(epoch) // self.batch_size)
 
     def order(self, epoch: int) -> np.ndarray:
         if self._order_epoch != epoch:
@@ -53,11 +66,34 @@ class Stream:
         assert self._order is not None  # set whenever _order_epoch is, and no epoch equals the initial None
         return self._order
 
+    def row_starts(self, epoch: int) -> np.ndarray:
+        """A packed stream's rows in `epoch`: where each begins in `order(epoch)` (`packing.row_starts`)."""
+        assert self._lengths is not None, "only a packed stream has row starts"
+        if self._starts_epoch != epoch:
+            order = self.order(epoch)
+            self._starts = packing.row_starts(self._lengths[0][order], self._lengths[1][order],
+                                              self.arrays["encoder_input_tokens"].shape[1],
+                                              self.arrays["decoder_target_tokens"].shape[1])
+            self._starts_epoch = epoch
+        assert self._starts is not None  # as for _order
+        return self._starts
+
     def batch(self, epoch: int, index: int, rows_of_batch: slice = slice(None)) -> dict[str, np.ndarray]:
         """Global batch `index` of `epoch`, or its rows `rows_of_batch` (a process's, `Partitioner.local_rows`)."""
-        rows = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
-        real = len(rows)
-        rows = np.concatenate([rows, np.zeros(self.batch_size - real, rows.dtype)])
-        batch = {name: array[rows] for name, array in self.arrays.items()}
-        batch[self.weight_field][real:] = 0  # filler rows: shapes stay fixed, the loss ignores them
+        if self._lengths is not None:
+            batch = self._packed_batch(epoch, index)
+        else:
+            rows = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+            real = len(rows)
+            rows = np.concatenate([rows, np.zeros(self.batch_size - real, rows.dtype)])
+            batch = {name: array[rows] for name, array in self.arrays.items()}
+            batch[self.weight_field][real:] = 0  # filler rows: shapes stay fixed, the loss ignores them
         return {name: array[rows_of_batch] for name, array in batch.items()}
+
+    def _packed_batch(self, epoch: int, index: int) -> dict[str, np.ndarray]:
+        assert self._lengths is not None
+        starts = self.row_starts(epoch)
+        first, last = index * self.batch_size, min((index + 1) * self.batch_size, len(starts) - 1)
+        examples = self.order(epoch)[starts[first]:starts[last]]
+        return packing.pack_rows(self.arrays, self._lengths, examples, starts[first:last + 1] - starts[first],
+                                 self.batch_size)

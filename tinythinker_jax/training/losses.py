@@ -19,7 +19,16 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Arra
 
 
 def sft_loss(model: t5.T5Transformer, batch: dict[str, jax.Array], dropout_rng: jax.Array):
-    """Token-mean cross entropy of the targets, with T5's dropout."""
-    logits = model(batch["encoder_input_tokens"], batch["decoder_input_tokens"], dropout_rng=dropout_rng)
+    """Token-mean cross entropy of the targets, with T5's dropout.
+
+    A packed batch (with `encoder_segment_ids` and `decoder_segment_ids`) keeps each example's attention
+    within itself; its metrics also count the examples and the rows that hold any.
+    """
+    packed = "decoder_segment_ids" in batch
+    segments = {name: batch[name] for name in ("encoder_segment_ids", "decoder_segment_ids")} if packed else {}
+    logits = model(batch["encoder_input_tokens"], batch["decoder_input_tokens"], dropout_rng=dropout_rng, **segments)
     loss, num_tokens = token_cross_entropy(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"])
-    return loss, {"tokens": num_tokens}
+    if not packed:
+        return loss, {"tokens": num_tokens}
+    examples_in_row = jnp.max(batch["decoder_segment_ids"], axis=1)  # segment ids count up from 1 in each row
+    return loss, {"tokens": num_tokens, "examples": jnp.sum(examples_in_row), "rows": jnp.sum(examples_in_row > 0)}

@@ -20,14 +20,20 @@ from tinythinker_jax.training import losses
 
 
 def build_streams(dataset: str, stage_type: str, feature_lengths: lengths.FeatureLengths, batch_size: int,
-                  seed: int) -> tuple[dict[str, streams.Stream], dict[str, dict]]:
+                  seed: int, pack: bool = False) -> tuple[dict[str, streams.Stream], dict[str, dict]]:
     """One stream per stage of `stage_type`, in its order (which the blocks follow), and each stream's
-    length statistics (`data_stats.json`)."""
+    length statistics (`data_stats.json`); a packed stream's also give its first epoch's rows and
+    examples per row."""
     stage_streams, stats = {}, {}
     for index, stage in enumerate(formats.stages_of(stage_type)):
         task = tinythinker_tasks.stage_task_name(dataset, stage, stage_type)
         arrays, stats[stage] = streams.load_task_arrays(task, feature_lengths)
-        stage_streams[stage] = streams.Stream(arrays, batch_size, seed=seed * 1000 + index)
+        stage_streams[stage] = streams.Stream(arrays, batch_size, seed=seed * 1000 + index, pack=pack)
+        if pack:
+            rows = stage_streams[stage].num_rows(0)
+            stats[stage].update(packed_rows=rows, examples_per_row=round(stats[stage]["examples"] / rows, 3))
+            print(f"{layout.SFT} {stage}: {stats[stage]['examples']:,} examples packed into {rows:,} rows "
+                  f"({stats[stage]['examples_per_row']} per row) in the first epoch")
     return stage_streams, stats
 
 
@@ -52,6 +58,7 @@ def train(
     log_every: int = 10,
     create_optimizer: Callable[[int], optimizers.Optimizer] = optimizers.create_optimizer,
     chain_settings: chains.ChainSettings = chains.ChainSettings(),
+    pack: bool = False,
 ) -> results.PhaseResult:
     """Phase 1: SFT on the interleaved stage streams of `tinythinker.<dataset>.<stage_type>_stages`.
 
@@ -65,7 +72,7 @@ def train(
         model_config: The student's shape and compute dtype.
         task_feature_lengths: None (each stream as wide as its longest example) or explicit `inputs`/`targets`
             lengths; what they cut is printed and counted in `data_stats.json`.
-        batch_size: Examples per step.
+        batch_size: Examples per step; with `pack`, packed rows per step.
         train_steps: Steps in all; overrides `epochs` when set.
         epochs: Passes over the largest stream, in steps of the block schedule.
         interval: Steps per block (the paper's 100): recall x interval, analyze x options x interval, summarize.
@@ -80,6 +87,12 @@ def train(
         log_every: Steps between metric fetches (the only host syncs of the loop).
         create_optimizer: Builds the optimizer for the total number of steps.
         chain_settings: Decoding limits of the validation chains.
+        pack: Packs each stream's examples into its rows, as T5X's `EncDecFeatureConverter(pack=True)`:
+            consecutive examples of the epoch's order share a row while their inputs and targets fit its
+            widths, each attending only to itself. Off by default, because it changes the paper's
+            optimisation: a step then holds more examples than `batch_size`, its token-mean loss averages
+            over more tokens, and an epoch has fewer steps. `data_stats.json` and the metrics give the
+            examples per row.
 
     Returns:
         The phase's result: the steps done, the best validation accuracy and its step, the wall time, the
@@ -94,7 +107,7 @@ def train(
         model_checkpoints.check_checkpoint_vocabulary(
             initial_checkpoint_path, vocabulary.sentencepiece_model_file,
             f"the vocabulary ({gin_utils.setting_name(train, 'vocabulary_path', default='VOCABULARY_PATH')})")
-    stage_streams, data_stats = build_streams(dataset, stage_type, task_feature_lengths, batch_size, seed)
+    stage_streams, data_stats = build_streams(dataset, stage_type, task_feature_lengths, batch_size, seed, pack)
     setup.write_data_stats(model_dir, data_stats)
     chain_settings = setup.chain_settings_for(chain_settings, data_stats)
     num_options = benchmarks.get_benchmark(dataset).num_options
@@ -102,7 +115,7 @@ def train(
         schedule.stage_blocks(list(stage_streams), interval, num_options),
         {stage: stream.num_batches for stage, stream in stage_streams.items()},
     )
-    total_steps = train_steps if train_steps is not None else epochs * blocks.steps_per_epoch
+    total_steps = train_steps if train_steps is not None else sum(map(blocks.steps_in_epoch, range(epochs)))
     validation = tinythinker_tasks.load_questions(dataset, "validation")[:max_eval_questions]
 
     with partitioner.activate():
@@ -120,7 +133,7 @@ def train(
             batch_size=batch_size, seed=seed, keep_checkpoints=keep_checkpoints, log_every=log_every,
         ).run()
     settings = {"batch_size": batch_size, "epochs": epochs, "train_steps": train_steps, "interval": interval,
-                "total_steps": total_steps, **optimizer.settings}
+                "pack": pack, "total_steps": total_steps, **optimizer.settings}
     result = results.PhaseResult(layout.SFT, trained.step, trained.best_accuracy, trained.best_step,
                                  {"train": time.time() - started}, settings, preempted=trained.preempted)
     if not result.preempted and not finished_before:
