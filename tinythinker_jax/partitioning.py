@@ -133,7 +133,8 @@ def with_logical_constraint(x: jax.Array, logical_axes: Sequence[str | None]) ->
     return jax.lax.with_sharding_constraint(x, logical_to_mesh_axes(logical_axes, _ACTIVE.rules))
 
 
-def _is_variable(x: Any) -> bool:
+def is_variable(x: Any) -> bool:
+    """`is_leaf` for tree maps over an `nnx.State` that should see its variables (and their metadata)."""
     return isinstance(x, nnx.Variable)
 
 
@@ -144,7 +145,7 @@ def param_partition_specs(state: nnx.State, rules: LogicalRules) -> Any:
         axes = variable.get_metadata().get("logical_axes")
         return PartitionSpec() if axes is None else logical_to_mesh_axes(axes, rules)
 
-    return jax.tree.map(spec, state, is_leaf=_is_variable)
+    return jax.tree.map(spec, state, is_leaf=is_variable)
 
 
 def param_shardings(state: nnx.State, mesh: Mesh, rules: LogicalRules) -> Any:
@@ -157,14 +158,14 @@ def abstract_sharded(state: nnx.State, mesh: Mesh, rules: LogicalRules) -> nnx.S
     allocates nothing."""
     return jax.tree.map(
         lambda s, v: v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)), param_shardings(state, mesh, rules),
-        state, is_leaf=_is_variable)
+        state, is_leaf=is_variable)
 
 
 def shard_model(model: nnx.Module, mesh: Mesh, rules: LogicalRules) -> nnx.Module:
     """Places `model`'s variables on `mesh` following `rules` (in place) and returns it."""
     state = nnx.state(model)
     shardings = param_shardings(state, mesh, rules)
-    nnx.update(model, jax.tree.map(lambda v, s: jax.device_put(v[...], s), state, shardings, is_leaf=_is_variable))
+    nnx.update(model, jax.tree.map(lambda v, s: jax.device_put(v[...], s), state, shardings, is_leaf=is_variable))
     return model
 
 

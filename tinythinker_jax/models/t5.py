@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 from jax.typing import ArrayLike
 
+from tinythinker_jax import partitioning
 from tinythinker_jax.models.dropout import Dropout
 from tinythinker_jax.partitioning import with_logical_constraint
 
@@ -390,11 +391,7 @@ def _layer_stack(layers: list[ModuleT], scan: bool) -> ModuleT | nnx.List:
         axes = ("layers",) + tuple(first.get_metadata()["logical_axes"])
         return first.replace(jnp.stack([v[...] for v in (first, *rest)]), logical_axes=axes)
 
-    return nnx.merge(graphdef, jax.tree.map(stack, first, *rest, is_leaf=_is_variable))
-
-
-def _is_variable(x: Any) -> bool:
-    return isinstance(x, nnx.Variable)
+    return nnx.merge(graphdef, jax.tree.map(stack, first, *rest, is_leaf=partitioning.is_variable))
 
 
 def _layer_function(graphdef: nnx.GraphDef, remat: str) -> Callable[..., Any]:
@@ -481,7 +478,8 @@ class Decoder(nnx.Module):
         visible = jnp.arange(cache_length) <= position
         self_bias = self.relative_bias.for_query(position, cache_length) + _mask_bias(visible)
         cross_bias = _mask_bias(encoder_mask)[:, None]
-        if isinstance(cache, LayerCache):  # stacked, for a scan over the stacked layers
+        if self.config.scan_layers:  # the cache is stacked like the layers (`init_cache`)
+            assert isinstance(cache, LayerCache)
 
             def step(x: jax.Array, layer: tuple[nnx.State, LayerCache]) -> tuple[jax.Array, LayerCache]:
                 state, layer_cache = layer
