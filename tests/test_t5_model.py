@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("USE_TF", "0")
 
+import functools
 import glob
 
 import jax
@@ -225,6 +226,34 @@ def test_memory_options_are_numerically_neutral(remat, scan_layers):
         np.testing.assert_allclose(option_grad, grad, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="remat='some' is not supported"):
         config.replace(remat="some")
+
+
+def test_adafactor_updates_each_scanned_layer_as_an_unrolled_one():
+    """Adafactor's statistics are per parameter (update clipping by RMS, scaling by the parameter's RMS), so a
+    stacked layer parameter is updated layer by layer: the same updates as unrolled, where the state is plain
+    optax Adafactor's (checkpoints of unscanned runs unchanged)."""
+    import optax
+
+    from tinythinker_jax.phases import optimizers
+
+    config = t5.model_config("t5_1_0_tiny", vocab_size=128)
+    transform = optimizers.create_optimizer(10, name="adafactor", schedule="constant").transform
+
+    def updated(config):
+        params = nnx.state(t5.create_model(config, seed=0), nnx.Param)
+        state = transform.init(params)
+        if not config.scan_layers:
+            plain = optax.chain(optax.clip_by_global_norm(1.0), optax.adafactor(optax.constant_schedule(1.0)))
+            assert jax.tree.structure(state) == jax.tree.structure(plain.init(params))
+        for index in range(2):
+            grads = jax.tree.map(lambda p, index=index: jnp.cos(3.0 * p + index), params)
+            updates, state = jax.jit(transform.update)(grads, state, params)
+            params = optax.apply_updates(params, updates)
+        params = nnx.to_pure_dict(params)
+        return t5.unstack_layers(params) if config.scan_layers else params
+
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7),
+                 updated(config.replace(scan_layers=True)), updated(config))
 
 
 def test_scanned_layers_decode_and_save_like_unrolled_ones(tmp_path, vocab_path):

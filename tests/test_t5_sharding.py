@@ -216,3 +216,55 @@ def test_memory_options_are_numerically_neutral_on_a_sharded_mesh():
         assert result["loss_diff"] < 1e-5 and result["grad_diff"] < 1e-5 * result["grad_scale"], (remat, result)
         if not remat.startswith("none"):
             assert result["rematerialised"], remat
+
+
+ADAFACTOR_COMPARISON = textwrap.dedent(
+    """
+    import json
+    import jax, numpy as np
+    from flax import nnx
+    from tinythinker_jax import partitioning
+    from tinythinker_jax.models import t5
+    from tinythinker_jax.phases import optimizers
+    from tinythinker_jax.phases.step import make_train_step
+    from tinythinker_jax.training import losses
+
+    config = t5.model_config("t5_1_1_tiny", vocab_size=256, d_model=32, d_kv=8, d_ff=64)
+    rng = np.random.RandomState(0)
+    targets = rng.randint(3, 256, (8, 9)).astype(np.int32)
+    batch = {"encoder_input_tokens": rng.randint(3, 256, (8, 12)).astype(np.int32),
+             "decoder_input_tokens": np.concatenate([np.zeros((8, 1), np.int32), targets[:, :-1]], axis=1),
+             "decoder_target_tokens": targets, "decoder_loss_weights": (targets > 0).astype(np.float32)}
+    optimizer = optimizers.create_optimizer(10, name="adafactor", learning_rate=1e-2, schedule="constant")
+
+    def train(partitioner, scan_layers):
+        with partitioner.activate():
+            model = partitioner.create_model(lambda: t5.create_model(config.replace(scan_layers=scan_layers), seed=0))
+            graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+            opt_state = jax.jit(optimizer.transform.init, out_shardings=partitioning.optimizer_state_shardings(
+                optimizer.transform, params, partitioner.mesh))(params)
+            step = make_train_step(graphdef, rest, optimizer.transform, losses.sft_loss)
+            for index in range(3):
+                params, opt_state, _ = step(params, opt_state, partitioner.global_batch(batch), index,
+                                            jax.random.key(0))
+            params = nnx.to_pure_dict(params)
+            split_state = sum(any(spec is not None for spec in leaf.sharding.spec)
+                              for leaf in jax.tree.leaves(opt_state))
+        return [np.asarray(p) for p in jax.tree.leaves(t5.unstack_layers(params) if scan_layers else params)], \
+            split_state
+
+    base, _ = train(partitioning.Partitioner(), False)
+    sharded, split_state = train(partitioning.Partitioner(data=2, model=4, parameter_partitioning_dims=2), True)
+    print("REPORT" + json.dumps({"param_diff": max(float(np.abs(a - b).max()) for a, b in zip(sharded, base)),
+                                 "split_state_leaves": split_state}))
+    """
+)
+
+
+def test_adafactor_trains_scanned_layers_on_a_sharded_mesh_like_unrolled_ones_on_one_device():
+    """Three Adafactor steps (its update clipping and parameter scaling are per parameter, so a stack of
+    layers is updated layer by layer) with scanned layers on 2 x 4 FSDP, the optimizer state laid out like
+    the parameters, leave the parameters the unrolled model's one-device run leaves."""
+    report = on_eight_devices(ADAFACTOR_COMPARISON)
+    assert report["param_diff"] < 1e-5, report
+    assert report["split_state_leaves"] > 0, report  # the unfactored statistics of sharded parameters

@@ -193,16 +193,25 @@ def restore_target(tree: Any) -> Any:
 
 def optimizer_state_shardings(transform: optax.GradientTransformation, params: Any, mesh: Mesh) -> Any:
     """Where `transform`'s state for `params` (arrays or shapes, each with its sharding) lives: every
-    parameter-shaped leaf (Adam's moments) sharded as its parameter, the rest (step counts, Adafactor's
-    factored statistics) replicated. Left to XLA, `jax.jit(init)` replicates all of it, which under
-    parameter sharding keeps two full copies of the model on every device."""
+    parameter-shaped leaf (Adam's moments, also inside a partitioned or per-layer transform's state) sharded as
+    its parameter, the rest (step counts, Adafactor's factored statistics) replicated. Left to XLA,
+    `jax.jit(init)` replicates all of it, which under parameter sharding keeps two full copies of the model on
+    every device.
+
+    A state leaf belongs to the parameter whose tree path ends its own (optax keeps the parameters' tree
+    inside its states), so this needs no knowledge of the transform's state types.
+    """
     replicated = NamedSharding(mesh, PartitionSpec())
+    by_path = {tuple(path): param for path, param in jax.tree_util.tree_flatten_with_path(params)[0]}
 
-    def like_parameter(leaf: Any, param: Any) -> Any:
-        return param.sharding if leaf.shape == param.shape else replicated
+    def sharding(path: tuple[Any, ...], leaf: Any) -> Any:
+        for start in range(len(path)):
+            param = by_path.get(tuple(path[start:]))
+            if param is not None:
+                return param.sharding if leaf.shape == param.shape else replicated
+        return replicated
 
-    return optax.tree_map_params(transform, like_parameter, jax.eval_shape(transform.init, params), params,
-                                 transform_non_params=lambda _: replicated)
+    return jax.tree_util.tree_map_with_path(sharding, jax.eval_shape(transform.init, params))
 
 
 def batch_sharding(mesh: Mesh, rules: LogicalRules, ndim: int = 2) -> NamedSharding:

@@ -631,6 +631,13 @@ def abstract_model(config: T5Config) -> T5Transformer:
 STACKS = ("encoder", "decoder")
 
 
+def is_stacked_layer_path(path: tuple[Any, ...]) -> bool:
+    """Whether a parameter's tree path (`jax.tree_util` keys) is a scanned stack's, `<stack>/layers/<name>`, whose
+    leading axis is the layer, rather than one layer's, `<stack>/layers/<index>/<name>`."""
+    keys = [getattr(entry, "key", getattr(entry, "name", None)) for entry in path]
+    return len(keys) > 2 and keys[0] in STACKS and keys[1] == "layers" and isinstance(keys[2], str)
+
+
 def unstack_layers(params: dict[str, Any]) -> dict[str, Any]:
     """A scanned model's parameters (`nnx.to_pure_dict`) in the unscanned layout, `<stack>/layers/<i>/...`:
     the layout checkpoints and the HF conversion use, whatever `scan_layers` a model trains with."""
