@@ -159,6 +159,38 @@ def test_teacher_record_explains_every_option_without_a_verdict(world, about):
     assert world.teacher_record(question) == world.teacher_record(question)
 
 
+def test_a_noisy_teacher_states_a_wrong_category_with_the_gold_value_in_the_share_asked(world, about):
+    """With `noise`, a share of rationales close to it puts the entity in another category and gives that
+    category the gold value, still explaining the gold answer; which ones is fixed by the world's seed."""
+    noisy = clean = 0
+    for variant in ("mc5", "yesno"):
+        for question in world.questions[variant]["train"][:300]:
+            entity, attribute, _ = about(question)
+            category = world.entities[entity]
+            value = world.facts[category][attribute.name]
+            record = world.teacher_record(question, num_samples=2, noise=0.3)
+            assert record == world.teacher_record(question, num_samples=2, noise=0.3)
+            truthful_record = world.teacher_record(question, num_samples=2)
+            for rationale, truthful in zip(record.rationales, truthful_record.rationales):
+                assert value in rationale.recall
+                if category in rationale.recall:
+                    clean += 1
+                    assert rationale == truthful
+                    continue
+                noisy += 1
+                stated = [other for other in world.categories if other in rationale.recall.lower()]
+                assert len(stated) == 1 and stated[0] != category
+
+                def restated(text, category=category, wrong=stated[0]):
+                    return text.replace(category, wrong).replace(category.capitalize(), wrong.capitalize())
+
+                assert rationale.recall == restated(truthful.recall)
+                assert rationale.analyze == {label: restated(text) for label, text in truthful.analyze.items()}
+    assert 0.25 < noisy / (noisy + clean) < 0.35
+    with pytest.raises(ValueError, match="noise"):
+        world.teacher_record(question, noise=1.0)
+
+
 def test_teacher_record_refuses_unknown_or_altered_questions(world):
     question = world.questions["mc5"]["train"][0]
     stranger = make_question("obqa-7", question.question, [(o.label, o.text) for o in question.options], "A")

@@ -31,6 +31,11 @@ def non_negative_int(text: str) -> int:
     return _number(text, int, "an integer >= 0", lambda value: value >= 0)
 
 
+def fraction_below_one(text: str) -> float:
+    """A share of something: a number in [0, 1)."""
+    return _number(text, float, "a number in [0, 1)", lambda value: 0.0 <= value < 1.0)
+
+
 def positive_int_or_all(text: str) -> int:
     """A mesh axis or process count: a positive integer, or -1 for whatever is left."""
     return _number(text, int, "a positive integer or -1", lambda value: value >= 1 or value == -1)

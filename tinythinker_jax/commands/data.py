@@ -3,7 +3,7 @@
 import argparse
 import json
 
-from tinythinker_jax.commands import positive_int
+from tinythinker_jax.commands import fraction_below_one, positive_int
 from tinythinker_jax.data.benchmarks import BENCHMARKS, SPLITS
 from tinythinker_jax.errors import UserError
 
@@ -27,7 +27,7 @@ def _split(args) -> int:
 def _toyworld(args) -> int:
     from tinythinker_jax.data import prepare
 
-    manifest = prepare.prepare_toyworld(args.out_dir, args.dataset, args.seed, args.samples)
+    manifest = prepare.prepare_toyworld(args.out_dir, args.dataset, args.seed, args.samples, args.teacher_noise)
     counts = ", ".join(f"{split} {info['count']}" for split, info in manifest["splits"].items())
     print(f"{args.dataset} (seed {args.seed}): {counts} -> {args.out_dir}")
     return 0
@@ -95,6 +95,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     toy.add_argument("--dataset", default="toyworld", choices=TOY_WORLDS)
     toy.add_argument("--seed", type=int, default=0)
     toy.add_argument("--samples", type=positive_int, default=2, help="template-teacher rationales per question")
+    toy.add_argument("--teacher_noise", type=fraction_below_one, default=0.0,
+                     help="share of rationales that put the entity in a wrong category (a teacher's mistakes)")
     toy.set_defaults(func=_toyworld)
 
     preview = commands.add_parser("preview", help="print the exact seqio inputs/targets of a task")

@@ -181,8 +181,20 @@ def prepare_benchmark(dataset: str, raw_dir: str, data_dir: str, seed: int = ben
     return Prepared(manifest, rebuilt=True, stale_teacher_dir=stale_dir)
 
 
-def prepare_toyworld(data_dir: str, dataset: str = "toyworld", seed: int = 0, num_samples: int = 2) -> dict:
-    """Generates the toy world, its splits, template-teacher records and vocabulary; returns the manifest."""
+def prepare_toyworld(data_dir: str, dataset: str = "toyworld", seed: int = 0, num_samples: int = 2,
+                     teacher_noise: float = 0.0) -> dict:
+    """Generates the toy world, its splits, template-teacher records and vocabulary; returns the manifest.
+
+    Args:
+        data_dir: The dataset directory to write.
+        dataset: `toyworld` (5 options), `toyworld_mc4` or `toyworld_yesno`.
+        seed: The world's seed (entities, facts, questions and splits).
+        num_samples: Teacher rationales per training question.
+        teacher_noise: The share of rationales that state a wrong category (`ToyWorld.teacher_record`).
+
+    Returns:
+        The split manifest.
+    """
     from tinythinker_jax.data.toyworld import ToyWorld
 
     vocabulary = locations.toy_vocabulary_path(data_dir)
@@ -195,7 +207,7 @@ def prepare_toyworld(data_dir: str, dataset: str = "toyworld", seed: int = 0, nu
     manifest = prepare_benchmark(dataset, raw_dir, data_dir, force=True).manifest
     train = read_questions(locations.split_path(data_dir, "train"))
     write_jsonl(locations.teacher_path(data_dir),
-                (teacher_record_to_json(world.teacher_record(q, num_samples)) for q in train))
+                (teacher_record_to_json(world.teacher_record(q, num_samples, teacher_noise)) for q in train))
     world.train_vocabulary(vocabulary)
     return manifest
 

@@ -176,8 +176,17 @@ class ToyWorld:
             paths.append(path)
         return paths
 
-    def teacher_record(self, question: Question, num_samples: int = 2) -> TeacherRecord:
-        """The template teacher: `num_samples` rationales stating the facts behind the answer."""
+    def teacher_record(self, question: Question, num_samples: int = 2, noise: float = 0.0) -> TeacherRecord:
+        """The template teacher: `num_samples` rationales stating the facts behind the answer.
+
+        With `noise` > 0 each rationale, independently with that probability, puts the entity in a wrong
+        category and gives that category the answer's value ("A zorblat is a kind of glober. Globers eat
+        copper."): still the gold answer, as a teacher shown the answer writes, but by a wrong membership and a
+        wrong category fact, as a real teacher's hallucinations are. Which rationales are noisy depends only on
+        the world's seed, the question and the sample, so a setting gives the same records everywhere.
+        """
+        if not 0.0 <= noise < 1.0:
+            raise ValueError(f"noise must be in [0, 1), got {noise}")
         if question.id not in self._specs:
             raise KeyError(f"question {question.id!r} is not a question of the toy world with seed {self.seed}")
         if num_samples < 1:
@@ -185,8 +194,17 @@ class ToyWorld:
         spec = self._specs[question.id]
         if (question.options, question.answer) != (spec.question.options, spec.question.answer):
             raise ValueError(f"question {question.id!r} has other options or answer than the toy world's")
-        rationales = tuple(self._rationale(spec, phrasing=i % len(_RECALLS)) for i in range(num_samples))
+        rationales = tuple(self._rationale(spec, i % len(_RECALLS), self._stated_category(spec, i, noise))
+                           for i in range(num_samples))
         return TeacherRecord(question, rationales)
+
+    def _stated_category(self, spec: _Spec, sample: int, noise: float) -> str:
+        """The category rationale `sample` of a question puts the entity in: its own, or a wrong one."""
+        category = self.entities[spec.entity]
+        draw = random.Random(f"{self.seed}/{spec.question.id}/{sample}")
+        if noise and draw.random() < noise:
+            return draw.choice([other for other in self.categories if other != category])
+        return category
 
     def corpus(self) -> list[str]:
         """Every line of text the world's questions, rationales and the stage format can produce."""
@@ -288,14 +306,16 @@ class ToyWorld:
         slots = self._slots(entity, attribute)
         return (f"A {entity} is a kind of {slots['category']}.", f"{slots['Fact']}.")
 
-    def _slots(self, entity: str, attribute: Attribute) -> dict[str, str]:
-        category = self.entities[entity]
+    def _slots(self, entity: str, attribute: Attribute, category: str | None = None) -> dict[str, str]:
+        """The template slots of a rationale about `entity`'s `attribute`; `category`: the one it states (a
+        noisy teacher's wrong one), which gets the entity's true value."""
+        category = category or self.entities[entity]
         fact = attribute.fact.format(group=category + "s", value=self._value(entity, attribute))
         return {**_names(entity), "category": category, "categories": category + "s",
                 "fact": fact, "Fact": _capitalise(fact)}
 
-    def _rationale(self, spec: _Spec, phrasing: int) -> Rationale:
-        slots = self._slots(spec.entity, spec.attribute)
+    def _rationale(self, spec: _Spec, phrasing: int, category: str | None = None) -> Rationale:
+        slots = self._slots(spec.entity, spec.attribute, category)
         recall = _RECALLS[phrasing].format(**slots)
         if spec.claim is not None:
             # "yes" and "no" share one explanation: whether the claimed value is the category's.
