@@ -11,7 +11,8 @@ from tinythinker_jax import errors, tensorflow_runtime
 # Each module defines `add_parser(subparsers)`, which registers its subcommands and sets
 # `func(args) -> int` on them. Heavy imports (TensorFlow, JAX) happen inside `func`, so
 # `tinythinker --help` stays fast.
-COMMAND_MODULES = ("demo", "data", "teacher", "model", "train", "reflect", "evaluate", "plan", "report")
+COMMAND_MODULES = ("demo", "data", "teacher", "model", "train", "reflect", "evaluate", "plan", "report",
+                   "study")
 # The command groups that never read data through TensorFlow (which takes seconds to start).
 WITHOUT_TENSORFLOW = ("teacher", "report")
 # Gin appends this to an error raised inside a configurable it called (once per level of nesting).

@@ -194,7 +194,8 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A markdown table of `header` and `rows` (cells already formatted)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -224,7 +225,7 @@ def _config_table(config: dict[str, Any]) -> str:
     rows = [(key, _cell(value)) for key, value in config.items() if key not in ("sft", "reflect")]
     for section in ("sft", "reflect"):
         rows += [(f"{section}.{key}", _cell(value)) for key, value in config[section].items()]
-    return _table(("setting", "value"), rows)
+    return markdown_table(("setting", "value"), rows)
 
 
 def _data_table(data: dict[str, Any]) -> str:
@@ -233,7 +234,7 @@ def _data_table(data: dict[str, Any]) -> str:
         rows.append(("stage examples", MISSING))
     else:
         rows += [(f"{stage} examples", _cell(count)) for stage, count in data["stage_examples"].items()]
-    return _table(("data", "count"), rows)
+    return markdown_table(("data", "count"), rows)
 
 
 def _pairs_section(pairs: dict[str, dict[str, int] | None]) -> str:
@@ -242,7 +243,7 @@ def _pairs_section(pairs: dict[str, dict[str, int] | None]) -> str:
         return ""
     stages = list(dict.fromkeys(stage for counts in pairs.values() for stage in counts or {}))
     rows = [[name, *_pair_cells(counts, stages)] for name, counts in pairs.items()]
-    return "\n\nPreference pairs per iteration:\n\n" + _table(["iteration", *stages, "total"], rows)
+    return "\n\nPreference pairs per iteration:\n\n" + markdown_table(["iteration", *stages, "total"], rows)
 
 
 def _pair_cells(counts: dict[str, int] | None, stages: list[str]) -> list[str]:
@@ -261,7 +262,7 @@ def _lengths_section(phases: list[dict[str, Any]]) -> str:
         return ""
     header = ["phase", "stream", "examples", "longest input", "longest target", "input width", "target width",
               "examples cut", "tokens cut"]
-    return "\n\nLengths in tokens (`data_stats.json`):\n\n" + _table(header, rows)
+    return "\n\nLengths in tokens (`data_stats.json`):\n\n" + markdown_table(header, rows)
 
 
 def _accuracy_table(phases: list[dict[str, Any]]) -> str:
@@ -271,7 +272,7 @@ def _accuracy_table(phases: list[dict[str, Any]]) -> str:
          _wall_time(phase)]
         for phase in phases
     ]
-    return _table(header, rows) if rows else "No phase has finished yet."
+    return markdown_table(header, rows) if rows else "No phase has finished yet."
 
 
 def _wall_time(phase: dict[str, Any]) -> str:
@@ -328,13 +329,13 @@ def write_plot(summary: dict[str, Any], path: str) -> None:
     axes.set_title(f"{_cell(summary['config']['dataset'])} · {_cell(summary['config']['model'])}")
     if axes.get_legend_handles_labels()[0]:
         axes.legend()
-    _write_atomically(path, lambda tmp: figure.savefig(tmp, format="png"))
+    write_atomically(path, lambda tmp: figure.savefig(tmp, format="png"))
 
 
 # --- Writing -----------------------------------------------------------------------------------------
 
 
-def _write_atomically(path: str, write: Callable[[str], None]) -> None:
+def write_atomically(path: str, write: Callable[[str], None]) -> None:
     """Like records.write_json: readers see the old file or the whole new one, never a torn one."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -353,7 +354,7 @@ def write_text(path: str, text: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
-    _write_atomically(path, write)
+    write_atomically(path, write)
 
 
 def write_report(run_dir: str) -> dict[str, Any]:
@@ -376,7 +377,7 @@ _COMPARE_HEADER = (
 
 def compare(run_dirs: Sequence[str]) -> str:
     """One markdown table, a row per run, named by the directory as given (base names may repeat)."""
-    return _table(_COMPARE_HEADER, [_compare_row(os.path.normpath(d), summarize(d)) for d in run_dirs])
+    return markdown_table(_COMPARE_HEADER, [_compare_row(os.path.normpath(d), summarize(d)) for d in run_dirs])
 
 
 def _compare_row(name: str, summary: dict[str, Any]) -> list[str]:
