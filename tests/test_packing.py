@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from tinythinker_jax.data import lengths, packing
+from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import t5
 from tinythinker_jax.phases import schedule, streams
 from tinythinker_jax.training import losses, trainer
@@ -194,3 +195,17 @@ def test_a_packed_training_run_records_its_examples_per_row(small_toyworld, tmp_
         rows = [row for row in map(json.loads, f) if "loss" in row]
     assert len(rows) == 3 and all(np.isfinite(row["loss"]) and row["examples_per_row"] >= 1 for row in rows)
     assert all(row["examples_per_second"] > 0 for row in rows)
+
+
+def test_resuming_under_another_batching_of_the_data_is_refused(small_toyworld, tmp_path):
+    """A checkpoint's data position names examples only under the batch size, packing and seed it was saved
+    with: a run continued with other ones stops with what changed."""
+    settings = dict(model_dir=str(tmp_path), mixture_or_task_name="tinythinker.toyworld.summarize_stages",
+                    model_config=t5.model_config("t5_1_0_tiny", vocab_size=768), batch_size=4, interval=1,
+                    data_dir=small_toyworld, max_eval_questions=0, log_every=1)
+    trainer.train(**settings, train_steps=2, pack=True)
+    with pytest.raises(UserError, match=r"saved under another batching .*'pack': True.*'pack': False"):
+        trainer.train(**settings, train_steps=3, pack=False)
+    with pytest.raises(UserError, match=r"'batch_size': 4.*'batch_size': 8"):
+        trainer.train(**{**settings, "batch_size": 8}, train_steps=3, pack=True)
+    assert trainer.train(**settings, train_steps=3, pack=True).step == 3

@@ -185,6 +185,22 @@ class Loop:
         if os.path.isdir(best):
             model_checkpoints.check_checkpoint_vocabulary(best, self.vocab_path, "the vocabulary (VOCABULARY_PATH)")
 
+    def _data_layout(self) -> dict[str, dict[str, Any]]:
+        return {name: stream.layout() for name, stream in self.batch_streams.items()}
+
+    def _check_same_data_layout(self, saved: Optional[dict[str, Any]], step: int) -> None:
+        """A checkpoint's data position means the same examples only under the batching it was saved with
+        (checkpoints from before the layout was recorded are taken as they are)."""
+        if saved is None or saved == self._data_layout():
+            return
+        changes = [f"{name}: {saved.get(name)} -> {layout}" for name, layout in self._data_layout().items()
+                   if saved.get(name) != layout]
+        changes += [f"{name}: {layout} -> none" for name, layout in saved.items() if name not in self.batch_streams]
+        raise UserError(f"{self.name}: the checkpoint at step {step} in {self.model_dir} was saved under another "
+                        f"batching of the data, so its data position would name other examples "
+                        f"({'; '.join(changes)}): resume with the batch size, packing and seed it started with, or "
+                        f"start again in a new MODEL_DIR")
+
     def _run(self, checkpoints, writer, preemption) -> LoopResult:
         # Two filters split off exactly two states, which flax's variadic return annotation cannot say.
         graphdef, params, rest = cast(tuple[nnx.GraphDef, nnx.State, nnx.State], nnx.split(self.model, nnx.Param, ...))
@@ -199,12 +215,14 @@ class Loop:
             params, opt_state, rng = arrays["params"], arrays["opt_state"], arrays["rng"]
             step, data_state, best = info["step"], info["data_state"], info["best"]
             self._check_same_vocabulary()
+            self._check_same_data_layout(info.get("data_layout"), step)
             print(f"Resuming {self.name} from {self.model_dir} at step {step}.")
         train_step = make_train_step(graphdef, rest, self.optimizer.transform, self.loss_fn)
 
         def save(step_now: int) -> None:
             checkpoints.save(step_now, {"params": params, "opt_state": opt_state, "rng": rng},
-                             {"step": step_now, "data_state": data_state, "best": best})
+                             {"step": step_now, "data_state": data_state, "best": best,
+                              "data_layout": self._data_layout()})
 
         def validate(step_now: int) -> float:
             model = nnx.merge(graphdef, params, rest)

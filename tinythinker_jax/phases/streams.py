@@ -7,7 +7,7 @@ A packed stream (`data/packing.py`) packs each epoch's order into rows the same 
 its position is the same two integers; only its number of batches differs from epoch to epoch.
 """
 
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -49,6 +49,11 @@ class Stream:
         self._lengths = packing.example_lengths(arrays) if pack else None
         self._starts_epoch: Optional[int] = None
         self._starts: Optional[np.ndarray] = None
+
+    def layout(self) -> dict[str, Any]:
+        """What decides which examples a (epoch, batch) position holds: a resumed run must have the same."""
+        return {"examples": self.num_examples, "batch_size": self.batch_size, "seed": self.seed,
+                "pack": self._lengths is not None}
 
     def num_rows(self, epoch: int) -> int:
         """Rows of `epoch`: one per example, or the packed rows of its order."""
