@@ -480,15 +480,27 @@ class Decoder(nnx.Module):
         cross_bias = _mask_bias(encoder_mask)[:, None]
         if self.config.scan_layers:  # the cache is stacked like the layers (`init_cache`)
             assert isinstance(cache, LayerCache)
+            # The self-attention cache is carried whole and each layer writes only its new position into it:
+            # scanned over as inputs and outputs, the whole cache would be copied at every step.
+            Carry = tuple[jax.Array, jax.Array, jax.Array]
 
-            def step(x: jax.Array, layer: tuple[nnx.State, LayerCache]) -> tuple[jax.Array, LayerCache]:
-                state, layer_cache = layer
-                return cast(DecoderLayer, nnx.merge(graphdef, state)).decode_step(
-                    x, position, layer_cache, self_bias, cross_bias)
+            def write(stacked: jax.Array, layer_cache: jax.Array, index: jax.Array) -> jax.Array:
+                new = jax.lax.dynamic_slice_in_dim(layer_cache, position, 1, axis=2)[None]
+                return jax.lax.dynamic_update_slice(stacked, new, (index, 0, 0, position, 0))
+
+            def step(carry: Carry, layer: tuple[jax.Array, nnx.State, jax.Array, jax.Array]) -> tuple[Carry, None]:
+                x, keys, values = carry
+                index, state, cross_key, cross_value = layer
+                x, updated = cast(DecoderLayer, nnx.merge(graphdef, state)).decode_step(
+                    x, position, LayerCache(keys[index], values[index], cross_key, cross_value), self_bias,
+                    cross_bias)
+                return (x, write(keys, updated.self_key, index), write(values, updated.self_value, index)), None
 
             graphdef, state = nnx.split(self.layers)
-            x, stacked = jax.lax.scan(step, embedded, (state, cache))
-            return self.final_layer_norm(x), stacked
+            layers = jnp.arange(self.config.num_decoder_layers)
+            (x, keys, values), _ = jax.lax.scan(step, (embedded, cache.self_key, cache.self_value),
+                                                (layers, state, cache.cross_key, cache.cross_value))
+            return self.final_layer_norm(x), cache._replace(self_key=keys, self_value=values)
         x, new_cache = embedded, []
         for layer, layer_cache in zip(cast(nnx.List, self.layers), cache):
             x, layer_cache = layer.decode_step(x, position, layer_cache, self_bias, cross_bias)
