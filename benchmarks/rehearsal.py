@@ -49,6 +49,8 @@ import threading
 import time
 from typing import Optional
 
+import flops
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASET = "csqa"
 EXPERIMENT_GIN = "gin/experiments/csqa_t5_small_sft.gin"
@@ -83,41 +85,15 @@ README_RATES = {
 
 
 def parameter_counts(model_name: str) -> dict:
-    """The parameter groups `benchmarks/train_step.model_flops_per_example` counts, from the abstract model
-    (shapes only, no memory)."""
+    """`flops.parameter_groups` of a named model shape."""
     from tinythinker_jax.models import t5
 
-    config = t5.model_config(model_name)
-    import jax
-    from flax import nnx
-
-    params = nnx.to_pure_dict(nnx.state(t5.abstract_model(config), nnx.Param))
-    count = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))  # noqa: E731
-    cross_key_value = sum(count(layer["encoder_decoder_attention"][name])
-                          for layer in params["decoder"]["layers"].values() for name in ("key", "value"))
-    lookup = 0 if config.tie_word_embeddings else count(params["token_embedder"])
-    encoder, total = count(params["encoder"]), count(params)
-    return {"encoder": encoder, "cross_key_value": cross_key_value,
-            "on_targets": total - lookup - encoder - cross_key_value,
-            "total": total, "num_heads": config.num_heads, "d_kv": config.d_kv,
-            "encoder_layers": config.num_encoder_layers, "decoder_layers": config.num_decoder_layers}
-
-
-def train_flops(counts: dict, input_length: float, target_length: float) -> float:
-    """Training FLOPs of one example (forward and backward), exactly as `benchmarks/train_step.py`'s
-    `model_flops_per_example` counts them for MFU: 6 per weight per token it multiplies plus the attention
-    products."""
-    weights = 6.0 * ((counts["encoder"] + counts["cross_key_value"]) * input_length
-                     + counts["on_targets"] * target_length)
-    attention = 12.0 * counts["num_heads"] * counts["d_kv"] * (
-        counts["encoder_layers"] * input_length**2
-        + counts["decoder_layers"] * (target_length**2 + target_length * input_length))
-    return weights + attention
+    return flops.parameter_groups(t5.model_config(model_name))
 
 
 def forward_flops(counts: dict, input_length: float, target_length: float) -> float:
     """One forward pass (scoring, or decoding `target_length` tokens with a KV cache): a third of training."""
-    return train_flops(counts, input_length, target_length) / 3.0
+    return flops.train_flops(counts, input_length, target_length) / 3.0
 
 
 def chain_flops(counts: dict, lengths: dict) -> float:
@@ -338,7 +314,7 @@ def project(measured: dict, lengths: dict, scale: float, model: str, dtype: str,
                      for stage in ("recall", "analyze", "summarize")}
 
     def flops_of(counts: dict) -> dict:
-        sft = sum(n * train_flops(counts, stats[stage]["input_length"], stats[stage]["target_length"])
+        sft = sum(n * flops.train_flops(counts, stats[stage]["input_length"], stats[stage]["target_length"])
                   for stage, n in work["sft_examples"].items())
         chain = chain_flops(counts, teacher_chain)
         pair_shapes = measured.get("pair_stats") or {}
@@ -349,7 +325,7 @@ def project(measured: dict, lengths: dict, scale: float, model: str, dtype: str,
 
         score = (recall_pairs * pair_flops("recall", forward_flops)
                  + analyze_pairs * pair_flops("analyze", forward_flops))
-        dpo = sum(n * pair_flops(stage, train_flops) for stage, n in work["dpo_pairs_per_iteration"].items())
+        dpo = sum(n * pair_flops(stage, flops.train_flops) for stage, n in work["dpo_pairs_per_iteration"].items())
         return {"sft": sft, "sampled_chains": work["sampled_chains_per_iteration"] * chain,
                 "sft_validation": work["sft_validation_chains"] * chain,
                 "validation": work["validation_chains_per_iteration"] * chain, "test": work["test_chains"] * chain,
@@ -378,12 +354,12 @@ def project(measured: dict, lengths: dict, scale: float, model: str, dtype: str,
         anchors = README_RATES[target]
         sft = anchors["sft"]
         sft_counts = counts_of.setdefault(sft["model"], parameter_counts(sft["model"]))
-        sft_rate = sft["examples_per_s"] * train_flops(sft_counts, sft["input"], sft["target"])
+        sft_rate = sft["examples_per_s"] * flops.train_flops(sft_counts, sft["input"], sft["target"])
         chains = anchors["chains"]
         chain_rate = chains["chains_per_s"] * chain_flops(
             counts_of[chains["model"]], dict.fromkeys(teacher_chain, (chains["input"], chains["generated"])))
         dpo = anchors["dpo"]
-        dpo_rate = dpo["pairs_per_s"] * 2 * train_flops(counts_of[dpo["model"]], dpo["input"], dpo["target"])
+        dpo_rate = dpo["pairs_per_s"] * 2 * flops.train_flops(counts_of[dpo["model"]], dpo["input"], dpo["target"])
         return {"sft": sft_rate, "chains": chain_rate, "greedy_chains": chain_rate, "dpo": dpo_rate,
                 "score": dpo_rate}  # a scored pair is a third of a DPO pair's FLOPs: 3x the pairs/s
 
@@ -727,7 +703,7 @@ def build_report(args: argparse.Namespace, out: str, context: dict) -> int:
     counts_here = parameter_counts(args.model)
     widths = {stage: (entry["input_length"], entry["target_length"]) for stage, entry in phase1_stats.items()}
     trained = stage_steps(phase1_stats, 64, args.sft_interval, sft_metrics["steps"])
-    sft_flops = sum(steps * 64 * train_flops(counts_here, *widths[stage]) for stage, steps in trained.items())
+    sft_flops = sum(steps * 64 * flops.train_flops(counts_here, *widths[stage]) for stage, steps in trained.items())
     generated = lengths["generated"] or {}
     # The chains this run decoded: the mean generated length on the test split stands for every chain.
     run_chain = {stage: (lengths["teacher"][stage]["input"],
@@ -747,7 +723,7 @@ def build_report(args: argparse.Namespace, out: str, context: dict) -> int:
 
         blocks = dict(reflection.pair_blocks(counts, "recall_analyze", args.reflect_batch_size))
     block_total = sum(blocks.values()) or 1
-    dpo_flops = sum(dpo_pairs * steps / block_total * 2 * train_flops(counts_here, *pair_shape[stage])
+    dpo_flops = sum(dpo_pairs * steps / block_total * 2 * flops.train_flops(counts_here, *pair_shape[stage])
                     for stage, steps in blocks.items() if stage in pair_shape)
     sft_validation_chains = sft_metrics["validations"] * validation_questions
     dpo_validation_chains = dpo_metrics["validations"] * validation_questions

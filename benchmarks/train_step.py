@@ -11,13 +11,14 @@ those model FLOPs at the best matrix-multiply rate measured here, which no imple
 """
 
 import common
+import flops as flops_count
 import jax
 import numpy as np
 import torch
 from flax import nnx
 
 from tinythinker_jax import partitioning
-from tinythinker_jax.models import scoring, t5
+from tinythinker_jax.models import scoring
 from tinythinker_jax.phases import optimizers
 from tinythinker_jax.phases.step import make_train_step
 from tinythinker_jax.training import losses
@@ -25,28 +26,6 @@ from tinythinker_jax.training import losses
 # Dense bf16 peak FLOP/s by `device_kind` prefix.
 PEAK_FLOPS = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12, "TPU v4": 275e12,
               "TPU v5 lite": 197e12, "TPU v5": 459e12}
-
-
-def model_flops_per_example(model, input_length: int, target_length: int) -> float:
-    """Training FLOPs of the matrix products, PaLM's way: 6 per weight per token it multiplies, plus 12 x heads
-    x kv per query-key pair of every attention layer (the score and value products; causal masks count in
-    full). The decoder's cross-attention keys and values multiply the input tokens; an untied embedding is a
-    lookup, and the tied one multiplies only as the logits layer."""
-    config = model.config
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    if config.scan_layers:
-        params = t5.unstack_layers(params)
-    count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
-    cross_key_value = sum(count(layer["encoder_decoder_attention"][name])
-                          for layer in params["decoder"]["layers"].values() for name in ("key", "value"))
-    lookup = 0 if config.tie_word_embeddings else count(params["token_embedder"])
-    encoder, total = count(params["encoder"]), count(params)
-    on_targets = total - lookup - encoder - cross_key_value  # the rest of the decoder and the logits layer
-    weights = 6.0 * ((encoder + cross_key_value) * input_length + on_targets * target_length)
-    attention = 12.0 * config.num_heads * config.d_kv * (
-        config.num_encoder_layers * input_length**2
-        + config.num_decoder_layers * (target_length**2 + target_length * input_length))
-    return weights + attention
 
 
 def matmul_rate(config, rows: int, repeats: int = 3) -> float:
@@ -116,7 +95,8 @@ def main() -> None:
         step = results["train_step"]
         step["ours_examples_per_s"] = step["ours_tokens_per_s"] / (args.input_length + args.decode_length)
         step["reference_examples_per_s"] = step["reference_tokens_per_s"] / (args.input_length + args.decode_length)
-        flops = model_flops_per_example(model, args.input_length, args.decode_length)
+        flops = flops_count.train_flops(flops_count.parameter_groups(model.config), args.input_length,
+                                        args.decode_length)
         rate = matmul_rate(model.config, args.batch_size * args.input_length)
         results["compute_floor"] = {"matmul_flops_per_s": rate, "model_flops_per_example": flops,
                                     "tokens_per_s": rate / flops * (args.input_length + args.decode_length)}

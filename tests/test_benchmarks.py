@@ -72,14 +72,17 @@ def test_benchmarks_run_without_seqio_or_tensorflow(tmp_path):
 
 @pytest.mark.parametrize("name", ["t5_1_0_small", "t5_1_1_small"])
 def test_mfu_counts_the_flops_xla_counts(name):
-    """train_step.py's model FLOPs are 3x the forward pass's as XLA's cost analysis counts them; the rest
-    of XLA's count, elementwise work, is under 0.5% at these shapes."""
-    train_step = _import_benchmark("train_step")
-    graphdef, state = nnx.split(t5.abstract_model(t5.model_config(name)))
+    """The project's FLOP count (`benchmarks/flops.py`, for MFU and the rehearsal's projections) is 3x the
+    forward pass's as XLA's cost analysis counts it; the rest of XLA's count, elementwise work, is under 0.5% at
+    these shapes, and a scanned model counts as an unrolled one."""
+    flops = _import_benchmark("flops")
+    config = t5.model_config(name)
+    graphdef, state = nnx.split(t5.abstract_model(config))
     forward = jax.jit(lambda state, inputs, targets: nnx.merge(graphdef, state)(inputs, targets))
     batch, input_length, target_length = 2, 200, 64
     lowered = forward.lower(state, jax.ShapeDtypeStruct((batch, input_length), jnp.int32),
                             jax.ShapeDtypeStruct((batch, target_length), jnp.int32))
     xla_flops = lowered.cost_analysis()["flops"] / batch
-    ours = train_step.model_flops_per_example(nnx.merge(graphdef, state), input_length, target_length) / 3
+    ours = flops.train_flops(flops.parameter_groups(config), input_length, target_length) / 3
     assert 0.995 * xla_flops < ours <= xla_flops
+    assert flops.parameter_groups(config.replace(scan_layers=True)) == flops.parameter_groups(config)
