@@ -1,6 +1,7 @@
 """`tinythinker plan`: the steps compiled from shapes alone, their memory per device, the largest batch that fits."""
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -90,3 +91,17 @@ def test_plan_on_a_sharded_mesh_splits_the_parameters(single_device, tmp_path):
     sharded = {plan["name"]: plan for plan in json.load(open(out))["plans"]}
     ratio = sharded["sft_step"]["argument_bytes"] / single["sft_step"]["argument_bytes"]
     assert ratio < 0.2, ratio  # 1/8, and the batch's rows split over 'data'
+
+
+def test_a_packed_run_is_planned_with_its_segment_ids():
+    """With `trainer.train.pack` the SFT step's batch carries both segment ids, int32 per token, and nothing
+    else changes in what the step takes as arguments."""
+    from tinythinker_jax import partitioning
+    from tinythinker_jax.models import t5
+    from tinythinker_jax.phases import optimizers
+
+    config, optimizer = t5.model_config("t5_1_0_tiny", vocab_size=128), optimizers.create_optimizer(10)
+    shapes = planning.StepShapes(input_length=24, target_length=8)
+    plain, packed = (planning.sft_step(config, optimizer, 4, dataclasses.replace(shapes, packed=flag),
+                                       partitioning.Partitioner()) for flag in (False, True))
+    assert packed.argument_bytes - plain.argument_bytes == 4 * (24 + 8) * 4

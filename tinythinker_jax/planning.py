@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from tinythinker_jax import partitioning
+from tinythinker_jax.data import packing
 from tinythinker_jax.models import batching, decoding, t5
 from tinythinker_jax.phases import optimizers
 from tinythinker_jax.phases.step import LossFn, make_train_step
@@ -62,12 +63,15 @@ class StepShapes:
         target_length: Decoder tokens per row (each of a pair's texts, for DPO).
         decode_length: Tokens a decoding call generates (the chain's limit).
         num_decodes: Samples per input in a decoding call.
+        packed: Whether phase 1 packs its rows (`trainer.train.pack`): its batches then carry segment ids,
+            and attention masks each row's examples apart.
     """
 
     input_length: int = 384
     target_length: int = 128
     decode_length: int = 200
     num_decodes: int = 1
+    packed: bool = False
 
 
 def _compile(name: str, batch_size: int, lower: Callable[[], Any]) -> CompiledMemory:
@@ -121,6 +125,9 @@ def sft_step(config: t5.T5Config, optimizer: optimizers.Optimizer, batch_size: i
     rows, targets = (batch_size, shapes.input_length), (batch_size, shapes.target_length)
     batch = {"encoder_input_tokens": (rows, jnp.int32), "decoder_input_tokens": (targets, jnp.int32),
              "decoder_target_tokens": (targets, jnp.int32), "decoder_loss_weights": (targets, jnp.float32)}
+    if shapes.packed:
+        batch.update({packing.SEGMENT_IDS["encoder"]: (rows, jnp.int32),
+                      packing.SEGMENT_IDS["decoder"]: (targets, jnp.int32)})
     return _train_step("sft_step", config, optimizer, training_losses.sft_loss, batch, batch_size, partitioner)
 
 

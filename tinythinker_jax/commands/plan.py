@@ -64,7 +64,8 @@ def _plan(args) -> int:
     chain = sft["chain_settings"]
     shapes = planning.StepShapes(input_length=args.input_length or lengths.get("inputs", 384),
                                  target_length=args.target_length or lengths.get("targets", 128),
-                                 decode_length=chain.max_decode_length, num_decodes=args.num_decodes)
+                                 decode_length=chain.max_decode_length, num_decodes=args.num_decodes,
+                                 packed=sft.get("pack", False))
     config, partitioner = sft["model_config"], sft["partitioner"]
     steps = {"sft_step": (functools.partial(planning.sft_step, config, sft["create_optimizer"](1000),
                                             shapes=shapes, partitioner=partitioner), sft["batch_size"])}
