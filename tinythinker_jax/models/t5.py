@@ -407,14 +407,13 @@ def _layer_function(graphdef: nnx.GraphDef, remat: str) -> Callable[..., Any]:
     return apply if remat == "none" else jax.checkpoint(apply, policy=REMAT_POLICIES[remat])
 
 
-def _run_layers(
-    layers: nnx.Module, num_layers: int, config: T5Config, x: jax.Array, rngs: nnx.Rngs | None, *args: Any
-) -> jax.Array:
+def _run_layers(layers: nnx.Module, config: T5Config, x: jax.Array, rngs: nnx.Rngs | None, *args: Any) -> jax.Array:
     """`x` through a stack's layers, each given `args` and, in training, its own dropout key (one draw of
     `rngs` split per layer, so unrolled and scanned stacks drop the same units)."""
+    graphdef, state = nnx.split(layers)
+    num_layers = jax.tree.leaves(state)[0].shape[0] if config.scan_layers else len(cast(nnx.List, layers))
     keys = None if rngs is None else jax.random.split(rngs.dropout(), num_layers)
     if config.scan_layers:
-        graphdef, state = nnx.split(layers)
         apply = _layer_function(graphdef, config.remat)
         return jax.lax.scan(lambda x, layer: (apply(*layer, x, *args), None), x, (state, keys))[0]
     for index, layer in enumerate(cast(nnx.List, layers)):
@@ -437,7 +436,7 @@ class Encoder(nnx.Module):
         length = embedded.shape[1]
         bias = self.relative_bias(length, length) + _mask_bias(mask)[:, None]
         x = self.dropout(embedded, rngs)
-        x = _run_layers(self.layers, self.config.num_encoder_layers, self.config, x, rngs, bias)
+        x = _run_layers(self.layers, self.config, x, rngs, bias)
         return self.dropout(self.final_layer_norm(x), rngs)
 
 
@@ -460,8 +459,7 @@ class Decoder(nnx.Module):
         self_bias = self.relative_bias(length, length) + _mask_bias(self_mask)[:, None]
         cross_bias = _mask_bias(cross_mask)[:, None]
         x = self.dropout(embedded, rngs)
-        x = _run_layers(self.layers, self.config.num_decoder_layers, self.config, x, rngs, encoded, self_bias,
-                        cross_bias)
+        x = _run_layers(self.layers, self.config, x, rngs, encoded, self_bias, cross_bias)
         return self.dropout(self.final_layer_norm(x), rngs)
 
     def init_cache(self, encoded: jax.Array, cache_length: int, num_samples: int) -> DecodingCache:
