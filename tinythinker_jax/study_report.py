@@ -19,8 +19,8 @@ STUDY_JSON, STUDY_MD, STUDY_PLOT = "study.json", "study.md", "study.png"
 
 
 def iteration_training(cell_dir: str, iteration: int) -> dict[str, Optional[float]]:
-    """What an iteration's DPO training did, from its `metrics.jsonl`: the reward accuracy, DPO loss and NLL of
-    its first and last training steps (None while the iteration has not trained)."""
+    """What an iteration's DPO training did, from its `metrics.jsonl`: the DPO loss of its first and last logged
+    steps, and the reward accuracy and NLL of the last (None while the iteration has not trained)."""
     path = os.path.join(layout.iteration_dir(cell_dir, iteration), "metrics.jsonl")
     steps = []
     if os.path.exists(path):
@@ -185,8 +185,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
                         _number(row["training"]["last_reward_accuracy"])]
                        for pair_type, rows in summary["self_reflection"]["variants"].items() for row in rows]), "",
         "Pairs are the kinds each variant trains on, per iteration, averaged over seeds (an iteration without "
-        "pairs does not train); the DPO loss and reward accuracy are of the iteration's first and last training "
-        "steps.", "",
+        "pairs does not train); the DPO loss and reward accuracy are those of the iteration's first and last "
+        "logged steps (each logged value averages the steps since the one before).", "",
         f"## 4. Self-consistency ({summary['self_consistency']['num_chains']} chains) against one greedy chain", "",
         report.markdown_table(("phase", "greedy", "vote", "vote minus greedy"),
                       [[row["phase"], _mean_std(row["greedy"]), _mean_std(row["vote"]),
@@ -199,7 +199,7 @@ def write_plot(summary: dict[str, Any], path: str) -> None:
     """Left: phase-1 test accuracy per stage type; right: test accuracy per iteration for each DPO variant
     (error bars: the standard deviation over seeds)."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import PercentFormatter
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
     figure = Figure(figsize=(10, 4), dpi=100, layout="constrained")
     stages, iterations = figure.subplots(1, 2)
@@ -217,6 +217,7 @@ def write_plot(summary: dict[str, Any], path: str) -> None:
                                 yerr=[spread["std"] or 0.0 for _, spread in points], marker="o", capsize=3,
                                 label=f"DPO on {pair_type.replace('_', ' + ')}")
     iterations.set_xlabel("self-reflection iteration (0: phase 1)")
+    iterations.xaxis.set_major_locator(MaxNLocator(integer=True))
     iterations.set_title("phase 2: DPO variants")
     if iterations.get_legend_handles_labels()[0]:
         iterations.legend()
