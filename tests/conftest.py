@@ -83,6 +83,23 @@ FIRST_MODULES = ("test_learning.py", "test_trainer.py", "test_reflection_iterati
                  "test_pipeline.py")
 
 
+@pytest.fixture
+def forbid_redoing_work(monkeypatch) -> None:
+    """Makes training, pair sampling and scoring, and evaluation fail the test: for re-runs that must find every
+    piece finished. (Loop.run trains both phases; the trainers themselves stay, since gin registered them.)"""
+    from tinythinker_jax import evaluation
+    from tinythinker_jax.phases import loop
+    from tinythinker_jax.reflection import data as pair_data
+    from tinythinker_jax.reflection import sampling
+
+    def fail(*args, **kwargs):
+        raise AssertionError("finished work was redone")
+
+    for module, name in ((sampling, "sample_chunk"), (pair_data, "score_pairs"), (loop.Loop, "run"),
+                         (evaluation, "evaluate")):
+        monkeypatch.setattr(module, name, fail)
+
+
 def pytest_collection_modifyitems(items):
     def position(item):
         name = item.path.name

@@ -14,8 +14,7 @@ from tinythinker_jax.data import records
 from tinythinker_jax.errors import UserError
 from tinythinker_jax.models import t5
 from tinythinker_jax.phases import loop, results
-from tinythinker_jax.reflection import data as pair_data
-from tinythinker_jax.reflection import iteration, sampling
+from tinythinker_jax.reflection import iteration
 from tinythinker_jax.training import trainer
 
 SMALL = ["--gin.TRAIN_STEPS=4", "--gin.ITERATIONS=1", "--gin.REFLECT_MAX_QUESTIONS=4", "--gin.NUM_SAMPLES=2",
@@ -31,7 +30,7 @@ def demo(out):
         gin.clear_config()
 
 
-def test_interrupted_demo_resumes_without_redoing_finished_work(tmp_path, monkeypatch, capsys):
+def test_interrupted_demo_resumes_without_redoing_finished_work(tmp_path, monkeypatch, capsys, request):
     add = loop.PendingMetrics.add
 
     def add_then_preempt(self, step, stage, values):
@@ -62,13 +61,7 @@ def test_interrupted_demo_resumes_without_redoing_finished_work(tmp_path, monkey
         assert (tmp_path / name).is_file()
     assert "| iteration_1 |" in printed
 
-    def fail(*args, **kwargs):
-        raise AssertionError("finished work was redone")
-
-    # Loop.run trains both phases; the trainers themselves stay, since gin registered them.
-    for module, name in ((sampling, "sample_chunk"), (pair_data, "score_pairs"), (loop.Loop, "run"),
-                         (evaluation, "evaluate")):
-        monkeypatch.setattr(module, name, fail)
+    request.getfixturevalue("forbid_redoing_work")
     assert demo(tmp_path) == 0
     again = json.load(open(tmp_path / "pipeline.json"))
     assert again["phases"] == state["phases"] and again["config"] == state["config"]

@@ -410,12 +410,12 @@ def _layer_function(graphdef: nnx.GraphDef, remat: str) -> Callable[..., Any]:
 def _run_layers(layers: nnx.Module, config: T5Config, x: jax.Array, rngs: nnx.Rngs | None, *args: Any) -> jax.Array:
     """`x` through a stack's layers, each given `args` and, in training, its own dropout key (one draw of
     `rngs` split per layer, so unrolled and scanned stacks drop the same units)."""
-    graphdef, state = nnx.split(layers)
-    num_layers = jax.tree.leaves(state)[0].shape[0] if config.scan_layers else len(cast(nnx.List, layers))
-    keys = None if rngs is None else jax.random.split(rngs.dropout(), num_layers)
     if config.scan_layers:
+        graphdef, state = nnx.split(layers)
+        keys = None if rngs is None else jax.random.split(rngs.dropout(), jax.tree.leaves(state)[0].shape[0])
         apply = _layer_function(graphdef, config.remat)
         return jax.lax.scan(lambda x, layer: (apply(*layer, x, *args), None), x, (state, keys))[0]
+    keys = None if rngs is None else jax.random.split(rngs.dropout(), len(cast(nnx.List, layers)))
     for index, layer in enumerate(cast(nnx.List, layers)):
         graphdef, state = nnx.split(layer)
         x = _layer_function(graphdef, config.remat)(state, None if keys is None else keys[index], x, *args)
