@@ -50,6 +50,13 @@ def test_quick_grid_runs_every_cell_and_compares_them(quick_study):
             else:
                 assert trained["steps"] == 0 and trained["last_reward_accuracy"] is None
     assert summary["stage_types"]["full"]["minus_full"]["mean"] == 0.0
+    for stage_type in ("full", "summarize", "recall_summarize", "analyze_summarize"):
+        # Each phase 1 is tested by chains of the stages it trained on, not by the full chain.
+        test_dir = quick_study / "cells" / stage_type / "seed0" / "sft" / "test"
+        assert json.load(open(test_dir / "summary_test.json"))["stage_type"] == stage_type
+        chain = json.loads((test_dir / "predictions_test.jsonl").read_text().splitlines()[0])["chains"][0]
+        assert (chain["recall"] is not None) == ("recall" in stage_type or stage_type == "full")
+        assert (chain["analyses"] is not None) == ("analyze" in stage_type or stage_type == "full")
     variants = summary["self_reflection"]["variants"]
     assert set(variants["recall"][0]["pairs"]) == {"recall"} and set(variants["analyze"][0]["pairs"]) == {"analyze"}
     assert summary["stage_types"]["summarize"]["std"] is None  # one seed has no spread

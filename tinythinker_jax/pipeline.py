@@ -61,16 +61,16 @@ def _data_summary(data_dir: str, stage_type: str) -> dict:
                                for stage in formats.stages_of(stage_type)}}
 
 
-def _test_accuracy(checkpoint: str, out_dir: str, questions, settings: chains.ChainSettings,
+def _test_accuracy(checkpoint: str, out_dir: str, questions, stage_type: str, settings: chains.ChainSettings,
                    partitioner: partitioning.Partitioner, num_chains: int = 1, seed: int = 0) -> float:
-    """The checkpoint's accuracy on the test questions (a vote when `num_chains` > 1), computed once, on the
-    partitioner's mesh."""
+    """The checkpoint's accuracy on the test questions by chains of the stages it trained on (a vote when
+    `num_chains` > 1), computed once, on the partitioner's mesh."""
     summary = markers.read_marker_before_the_step(os.path.join(out_dir, "summary_test.json"))
     if summary is not None:
         return summary["accuracy"]
     return evaluation.evaluate_checkpoint_on_mesh(
-        checkpoint, questions, out_dir, settings, split="test", num_chains=num_chains, seed=seed,
-        extra_summary={"checkpoint": checkpoint}, partitioner=partitioner).accuracy
+        checkpoint, questions, out_dir, settings, split="test", stage_type=stage_type, num_chains=num_chains,
+        seed=seed, extra_summary={"checkpoint": checkpoint}, partitioner=partitioner).accuracy
 
 
 def run_pipeline(
@@ -148,12 +148,12 @@ def run_pipeline(
         phase, best = phase_summary(result), train_checkpoints.best_dir(phase_dir)
         phase["data_stats"] = setup.read_data_stats(phase_dir)
         phase["test_accuracy"] = _test_accuracy(best, os.path.join(phase_dir, "test"), test_questions,
-                                                chain_settings, partitioner)
+                                                stage_type, chain_settings, partitioner)
         phase["test_self_consistency_accuracy"] = None
         if test_num_chains > 1:
             phase["test_self_consistency_accuracy"] = _test_accuracy(
-                best, os.path.join(phase_dir, "test_self_consistency"), test_questions, voting, partitioner,
-                test_num_chains)
+                best, os.path.join(phase_dir, "test_self_consistency"), test_questions, stage_type, voting,
+                partitioner, test_num_chains)
         return phase
 
     state["phases"].append(tested(sft, sft_dir))
