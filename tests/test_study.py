@@ -57,6 +57,14 @@ def test_quick_grid_runs_every_cell_and_compares_them(quick_study):
         chain = json.loads((test_dir / "predictions_test.jsonl").read_text().splitlines()[0])["chains"][0]
         assert (chain["recall"] is not None) == ("recall" in stage_type or stage_type == "full")
         assert (chain["analyses"] is not None) == ("analyze" in stage_type or stage_type == "full")
+    checks = {(row["setting"], row["phase"]): row for row in summary["chain_checks"]}
+    assert set(checks) == {(stage_type, "sft") for stage_type in ("full", "summarize", "recall_summarize",
+                                                                  "analyze_summarize")} | {
+        (f"full-dpo_{pair_type}", "iteration_1") for pair_type in study.PAIR_TYPES}
+    assert checks[("full", "sft")]["correct"] == pytest.approx(summary["stage_types"]["full"]["mean"])
+    assert checks[("summarize", "sft")]["true_value"] is None and checks[("summarize", "sft")]["verdicts"] is None
+    assert checks[("recall_summarize", "sft")]["verdicts"] is None
+    assert checks[("recall_summarize", "sft")]["true_value"] is not None
     variants = summary["self_reflection"]["variants"]
     assert set(variants["recall"][0]["pairs"]) == {"recall"} and set(variants["analyze"][0]["pairs"]) == {"analyze"}
     assert summary["stage_types"]["summarize"]["std"] is None  # one seed has no spread
@@ -67,7 +75,7 @@ def test_quick_grid_runs_every_cell_and_compares_them(quick_study):
     assert all(row["vote"]["mean"] is not None for row in consistency["phases"])
     assert summary["settings"]["world_settings"]["teacher_noise"] == study.WORLDS["noisy"].teacher_noise
     text = (quick_study / study_report.STUDY_MD).read_text()
-    for heading in ("## 1.", "## 2-3.", "## 4.", "teacher noise 0.3", "chosen before any phase-2 result"):
+    for heading in ("## 1.", "## 2-3.", "## 4.", "## 5.", "teacher noise 0.3", "chosen before any phase-2 result"):
         assert heading in text
     assert (quick_study / study_report.STUDY_PLOT).stat().st_size > 0
 

@@ -10,8 +10,9 @@ import os
 import statistics
 from typing import Any, Optional, Sequence
 
-from tinythinker_jax import formats, report, study
+from tinythinker_jax import formats, report, study, study_errors
 from tinythinker_jax.data import records
+from tinythinker_jax.data.toyworld import ToyWorld
 from tinythinker_jax.phases import layout
 from tinythinker_jax.reflection.iteration import PAIR_STAGE_TYPES
 
@@ -41,6 +42,7 @@ def summarize_study(out: str) -> dict[str, Any]:
         What `study.json` holds: the settings, one entry per cell and the comparisons.
     """
     settings = study.read_settings(out)
+    world = ToyWorld.generate(seed=settings["world_settings"]["seed"])
     grid = study.Grid(**{**settings["grid_settings"], "seeds": tuple(settings["grid_settings"]["seeds"]),
                          "bindings": tuple(settings["grid_settings"]["bindings"])})
     cells = []
@@ -53,14 +55,19 @@ def summarize_study(out: str) -> dict[str, Any]:
                    "test_self_consistency_accuracy": phase["test_self_consistency_accuracy"],
                    "validation_accuracy": phase["validation_accuracy"], "pairs": phase["pairs"]}
                   for phase in summary["phases"]]
-        for index, phase in enumerate(phases[1:], start=1):
-            phase["training"] = iteration_training(directory, index)
+        for index, phase in enumerate(phases):
+            phase_dir = layout.iteration_dir(directory, index) if index else layout.sft_dir(directory)
+            predictions = os.path.join(phase_dir, "test", "predictions_test.jsonl")
+            phase["chain_checks"] = (study_errors.check_predictions(predictions, world)
+                                     if os.path.exists(predictions) else None)
+            if index:
+                phase["training"] = iteration_training(directory, index)
         cells.append({"name": cell.name, "stage_type": cell.stage_type, "pair_type": cell.pair_type,
                       "seed": cell.seed, "directory": os.path.relpath(directory, out), "phases": phases,
                       "wall_seconds": summary["wall_seconds"], "model": summary["config"]["model"]})
     return {"settings": settings, "cells": cells, "stage_types": _stage_types(cells),
             "self_reflection": _self_reflection(cells, grid.iterations),
-            "self_consistency": _self_consistency(cells, grid.num_chains)}
+            "self_consistency": _self_consistency(cells, grid.num_chains), "chain_checks": _chain_checks(cells)}
 
 
 def _spread(values: Sequence[float]) -> dict[str, Any]:
@@ -133,6 +140,25 @@ def _self_consistency(cells: list[dict], num_chains: int) -> dict[str, Any]:
     return {"num_chains": num_chains, "phases": rows}
 
 
+CHECKED = (*study_errors.CHECKS, "correct_when_verdicts_right", "correct_when_verdicts_wrong")
+
+
+def _chain_checks(cells: list[dict]) -> list[dict[str, Any]]:
+    """Where the errors are: per setting and phase (phase 1 of every stage type, then each DPO variant's
+    iterations), the shares of greedy test chains that pass each stage's check, averaged over seeds."""
+    names = [*formats.STAGE_TYPES, *(study.Cell("full", pair_type, 0).name for pair_type in study.PAIR_TYPES)]
+    rows = []
+    for name in names:
+        same = [cell for cell in cells if cell["name"] == name]
+        for phase in range(0 if name in formats.STAGE_TYPES else 1, max((len(c["phases"]) for c in same), default=0)):
+            checks = [cell["phases"][phase]["chain_checks"] for cell in same
+                      if len(cell["phases"]) > phase and cell["phases"][phase]["chain_checks"] is not None]
+            rows.append({"setting": name, "phase": "sft" if phase == 0 else layout.iteration_name(phase),
+                         "seeds": len(checks), **{key: _spread([c[key] for c in checks if c[key] is not None])["mean"]
+                                                  for key in CHECKED}})
+    return rows
+
+
 # --- study.md ----------------------------------------------------------------------------------------
 
 
@@ -149,6 +175,10 @@ def _difference(paired: dict[str, Any]) -> str:
     std = "" if paired["std"] is None else f" ± {100 * paired['std']:.1f}"
     return (f"{100 * paired['mean']:+.1f}{std} points (ahead on {paired['ahead']}, behind on {paired['behind']} "
             f"of {len(paired['seeds'])} seeds)")
+
+
+def _share(value: Optional[float]) -> str:
+    return report.MISSING if value is None else f"{100 * value:.1f}%"
 
 
 def _number(value: Optional[float], digits: int = 3) -> str:
@@ -191,7 +221,19 @@ def render_markdown(summary: dict[str, Any]) -> str:
         report.markdown_table(("phase", "greedy", "vote", "vote minus greedy"),
                       [[row["phase"], _mean_std(row["greedy"]), _mean_std(row["vote"]),
                         _difference(row["vote_minus_greedy"])] for row in summary["self_consistency"]["phases"]]),
-        "", f"![test accuracy]({STUDY_PLOT})", ""]
+        "", "## 5. Where the errors are", "",
+        report.markdown_table(("setting", "phase", "recall: own category", "recall: true value",
+                               "analysis verdicts right", "answer right", "answer right when verdicts right",
+                               "answer right when verdicts wrong"),
+                              [[row["setting"], row["phase"], *(_share(row[key]) for key in CHECKED)]
+                               for row in summary["chain_checks"]]), "",
+        "Each greedy test chain checked against the world's facts (`study_errors`), as shares of the test questions "
+        "averaged over seeds: the recall names the entity's own category (a noisy teacher's rationales name "
+        "another), the recall states the attribute's true value (what the answer needs), every option's analysis "
+        "fits exactly when the option fits the facts, and the answer; then the answer's accuracy among the chains "
+        "whose verdicts are right and among those whose verdicts are wrong. A stage the setting lacks shows "
+        f"{report.MISSING}.", "",
+        f"![test accuracy]({STUDY_PLOT})", ""]
     return "\n".join(lines)
 
 

@@ -113,6 +113,25 @@ _MISFITS = ("{fact}, not {other}.", "not {other}, since {fact}.")
 
 
 @dataclasses.dataclass(frozen=True)
+class Truth:
+    """The facts behind one question, against which a student's chain is checked.
+
+    Attributes:
+        entity: The entity the question asks about.
+        category: The entity's category.
+        value: The entity's value of the attribute asked about (its category's).
+        fitting_labels: The options whose analysis should say they fit the facts: the gold option of a
+            multiple-choice question; both options of a yes/no question whose claim is true (the two share one
+            explanation), none when it is false.
+    """
+
+    entity: str
+    category: str
+    value: str
+    fitting_labels: frozenset[str]
+
+
+@dataclasses.dataclass(frozen=True)
 class _Spec:
     """What the template teacher needs to know about one generated question."""
     question: Question
@@ -197,6 +216,22 @@ class ToyWorld:
         rationales = tuple(self._rationale(spec, i % len(_RECALLS), self._stated_category(spec, i, noise))
                            for i in range(num_samples))
         return TeacherRecord(question, rationales)
+
+    def truth(self, question_id: str) -> Truth:
+        """The facts behind the world's question `question_id`.
+
+        Raises:
+            KeyError: `question_id` is not a question of this world.
+        """
+        if question_id not in self._specs:
+            raise KeyError(f"question {question_id!r} is not a question of the toy world with seed {self.seed}")
+        spec = self._specs[question_id]
+        value = self._value(spec.entity, spec.attribute)
+        if spec.claim is None:
+            fitting = frozenset({spec.question.answer})
+        else:
+            fitting = frozenset(spec.question.labels) if spec.claim == value else frozenset()
+        return Truth(spec.entity, self.entities[spec.entity], value, fitting)
 
     def _stated_category(self, spec: _Spec, sample: int, noise: float) -> str:
         """The category rationale `sample` of a question puts the entity in: its own, or a wrong one."""

@@ -1,0 +1,92 @@
+"""Where a study's chains go wrong: each greedy test chain checked, stage by stage, against the toy world's facts.
+
+The toy teacher's templates make a chain checkable word by word:
+- a recall is right when it states the attribute's true value (what the answer needs); apart from that, it names
+  the entity's own category or another one (what a noisy teacher's rationales get wrong);
+- an analysis says an option fits the facts unless it says "not" (`A zorblat is a flimber, and flimbers eat
+  copper.` against `Flimbers eat copper, not sand.`), and its verdicts are right when exactly the options that
+  fit the facts fit.
+"""
+
+import dataclasses
+import json
+import re
+from typing import Any, Optional, Sequence
+
+from tinythinker_jax.data.toyworld import ToyWorld, Truth
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainCheck:
+    """One chain against the facts; a stage the chain's stage type lacks is None.
+
+    Attributes:
+        own_category: The recall names the entity's category and no other.
+        true_value: The recall states the entity's value of the attribute asked about.
+        verdicts: Every option's analysis fits exactly when the option fits the facts.
+        correct: The chain's answer is the gold one.
+    """
+
+    own_category: Optional[bool]
+    true_value: Optional[bool]
+    verdicts: Optional[bool]
+    correct: bool
+
+
+CHECKS = tuple(field.name for field in dataclasses.fields(ChainCheck))
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def check_chain(chain: dict[str, Any], answer: str, truth: Truth, categories: Sequence[str]) -> ChainCheck:
+    """Checks one chain as `predictions_<split>.jsonl` records it (`recall`, `analyses`, `prediction`).
+
+    Args:
+        chain: The chain.
+        answer: The question's gold label.
+        truth: The facts behind the question (`ToyWorld.truth`).
+        categories: Every category of the world.
+
+    Returns:
+        The chain's check.
+    """
+    own_category = true_value = verdicts = None
+    if chain["recall"] is not None:
+        words = set(_words(chain["recall"]))
+        named = {category for category in categories if {category, category + "s"} & words}
+        own_category = named == {truth.category}
+        true_value = re.search(rf"\b{re.escape(truth.value)}\b", chain["recall"].lower()) is not None
+    if chain["analyses"] is not None:
+        verdicts = all(("not" not in _words(text)) == (label in truth.fitting_labels)
+                       for label, text in chain["analyses"].items())
+    return ChainCheck(own_category, true_value, verdicts, chain["prediction"] == answer)
+
+
+def check_predictions(path: str, world: ToyWorld) -> dict[str, Any]:
+    """Checks the first (for a greedy evaluation, the only) chain of every question in a predictions file.
+
+    Args:
+        path: A `predictions_<split>.jsonl` of the world's questions.
+        world: The toy world the questions come from.
+
+    Returns:
+        `questions`; per check, the share of chains that pass it (None when the stage type lacks its stage);
+        and the accuracy of the chains whose analysis verdicts are right and of those whose are wrong.
+    """
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    checks = [check_chain(row["chains"][0], row["answer"], world.truth(row["id"]), world.categories)
+              for row in rows]
+
+    def share(values: list[bool]) -> Optional[float]:
+        return sum(values) / len(values) if values else None
+
+    result: dict[str, Any] = {"questions": len(checks)}
+    for name in CHECKS:
+        values = [getattr(check, name) for check in checks]
+        result[name] = None if None in values else share(values)
+    for verdicts, key in ((True, "correct_when_verdicts_right"), (False, "correct_when_verdicts_wrong")):
+        result[key] = share([check.correct for check in checks if check.verdicts is verdicts])
+    return result
