@@ -67,6 +67,8 @@ def test_quick_grid_runs_every_cell_and_compares_them(quick_study):
     assert checks[("recall_summarize", "sft")]["true_value"] is not None
     variants = summary["self_reflection"]["variants"]
     assert set(variants["recall"][0]["pairs"]) == {"recall"} and set(variants["analyze"][0]["pairs"]) == {"analyze"}
+    assert set(variants["recall"][0]["pair_checks"]) == {"recall"}
+    assert set(variants["recall_analyze"][0]["pair_checks"]) == {"recall", "analyze"}
     assert summary["stage_types"]["summarize"]["std"] is None  # one seed has no spread
     assert [row["iteration"] for row in summary["self_reflection"]["variants"]["recall"]] == [1]
     consistency = summary["self_consistency"]

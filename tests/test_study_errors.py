@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from tinythinker_jax import study_errors
+from tinythinker_jax import formats, study_errors
 from tinythinker_jax.data.toyworld import ToyWorld
+from tinythinker_jax.reflection import sampling
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +83,29 @@ def test_check_predictions_gives_shares_and_the_accuracy_by_verdict(world, tmp_p
     result = study_errors.check_predictions(str(path), world)
     assert result == {"questions": 4, "own_category": 1.0, "true_value": 1.0, "verdicts": 0.75, "correct": 0.75,
                       "correct_when_verdicts_right": pytest.approx(2 / 3), "correct_when_verdicts_wrong": 1.0}
+
+
+def test_check_pairs_tells_right_texts_from_wrong_ones_and_counts_identical_pairs(world, tmp_path):
+    questions = world.questions["yesno"]["train"][:4]
+    recall_rows, analyze_rows = [], []
+    for question in questions:
+        truth = world.truth(question.id)
+        right = teacher_chain(world, question)
+        wrong_recall = right["recall"].replace(truth.value, "zzz")
+        recall_rows.append({"id": question.id, "prompt": formats.recall_input(question), "chosen": right["recall"],
+                            "rejected": wrong_recall})
+        for label in question.labels:
+            flipped = "it fits." if label not in truth.fitting_labels else "not " + right["analyses"][label]
+            analyze_rows.append({"id": question.id, "prompt": formats.analyze_input(question, right["recall"], label),
+                                 "chosen": right["analyses"][label], "rejected": flipped})
+    analyze_rows[0]["rejected"] = analyze_rows[0]["chosen"]
+    for stage, rows in (("recall", recall_rows), ("analyze", analyze_rows)):
+        with open(sampling.pairs_path(str(tmp_path), stage), "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+    checks = study_errors.check_pairs(str(tmp_path), world)
+    assert checks["recall"] == {"pairs": 4, "chosen_right": 1.0, "rejected_right": 0.0, "same_texts": 0.0}
+    assert checks["analyze"] == {"pairs": 8, "chosen_right": 1.0, "rejected_right": 1 / 8, "same_texts": 1 / 8}
+    empty = tmp_path / "none"
+    empty.mkdir()
+    assert study_errors.check_pairs(str(empty), world)["analyze"] == {
+        "pairs": 0, "chosen_right": None, "rejected_right": None, "same_texts": None}

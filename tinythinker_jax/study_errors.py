@@ -1,4 +1,5 @@
-"""Where a study's chains go wrong: each greedy test chain checked, stage by stage, against the toy world's facts.
+"""Where a study's chains go wrong: each greedy test chain, and each preference pair self-reflection sampled, checked
+stage by stage against the toy world's facts.
 
 The toy teacher's templates make a chain checkable word by word:
 - a recall is right when it states the attribute's true value (what the answer needs); apart from that, it names
@@ -10,10 +11,12 @@ The toy teacher's templates make a chain checkable word by word:
 
 import dataclasses
 import json
+import os
 import re
 from typing import Any, Optional, Sequence
 
 from tinythinker_jax.data.toyworld import ToyWorld, Truth
+from tinythinker_jax.reflection import sampling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +43,14 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z]+", text.lower())
 
 
+def _states_value(recall: str, truth: Truth) -> bool:
+    return re.search(rf"\b{re.escape(truth.value)}\b", recall.lower()) is not None
+
+
+def _verdict_right(analysis: str, label: str, truth: Truth) -> bool:
+    return ("not" not in _words(analysis)) == (label in truth.fitting_labels)
+
+
 def check_chain(chain: dict[str, Any], answer: str, truth: Truth, categories: Sequence[str]) -> ChainCheck:
     """Checks one chain as `predictions_<split>.jsonl` records it (`recall`, `analyses`, `prediction`).
 
@@ -57,10 +68,9 @@ def check_chain(chain: dict[str, Any], answer: str, truth: Truth, categories: Se
         words = set(_words(chain["recall"]))
         named = {category for category in categories if {category, category + "s"} & words}
         own_category = named == {truth.category}
-        true_value = re.search(rf"\b{re.escape(truth.value)}\b", chain["recall"].lower()) is not None
+        true_value = _states_value(chain["recall"], truth)
     if chain["analyses"] is not None:
-        verdicts = all(("not" not in _words(text)) == (label in truth.fitting_labels)
-                       for label, text in chain["analyses"].items())
+        verdicts = all(_verdict_right(text, label, truth) for label, text in chain["analyses"].items())
     return ChainCheck(own_category, true_value, verdicts, chain["prediction"] == answer)
 
 
@@ -89,4 +99,48 @@ def check_predictions(path: str, world: ToyWorld) -> dict[str, Any]:
         result[name] = None if None in values else share(values)
     for verdicts, key in ((True, "correct_when_verdicts_right"), (False, "correct_when_verdicts_wrong")):
         result[key] = share([check.correct for check in checks if check.verdicts is verdicts])
+    return result
+
+
+def _pair_text_right(stage: str, prompt: str, text: str, truth: Truth) -> bool:
+    if stage == "recall":
+        return _states_value(text, truth)
+    option = re.search(r"For option ([A-Z]),$", prompt)  # `formats.analyze_input`'s end
+    if option is None:
+        raise ValueError(f"an analyze pair's prompt names no option: {prompt!r}")
+    return _verdict_right(text, option.group(1), truth)
+
+
+def _read_rows(path: str) -> list[dict[str, Any]]:
+    if not os.path.exists(path):  # a kind of pair the iteration sampled none of
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def check_pairs(pairs_dir: str, world: ToyWorld) -> dict[str, dict[str, Any]]:
+    """Checks the preference pairs of one self-reflection iteration against the facts.
+
+    A recall is right when it states the true value; an analysis when its verdict on the option of its prompt
+    (`... For option X,`) is right.
+
+    Args:
+        pairs_dir: The iteration's `pairs/` directory (`recall_pairs.jsonl`, `analyze_pairs.jsonl`).
+        world: The toy world the questions come from.
+
+    Returns:
+        Per kind of pair: `pairs`; the shares of pairs whose chosen and whose rejected text is right; and the
+        share whose chosen and rejected texts are the same, which give DPO nothing to learn (None without pairs).
+    """
+    result = {}
+    for stage in ("recall", "analyze"):
+        rows = _read_rows(sampling.pairs_path(pairs_dir, stage))
+        counts = {"chosen_right": 0, "rejected_right": 0, "same_texts": 0}
+        for row in rows:
+            truth = world.truth(row["id"])
+            counts["chosen_right"] += _pair_text_right(stage, row["prompt"], row["chosen"], truth)
+            counts["rejected_right"] += _pair_text_right(stage, row["prompt"], row["rejected"], truth)
+            counts["same_texts"] += row["chosen"] == row["rejected"]
+        result[stage] = {"pairs": len(rows), **{key: count / len(rows) if rows else None
+                                                for key, count in counts.items()}}
     return result

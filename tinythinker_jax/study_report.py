@@ -62,6 +62,7 @@ def summarize_study(out: str) -> dict[str, Any]:
                                      if os.path.exists(predictions) else None)
             if index:
                 phase["training"] = iteration_training(directory, index)
+                phase["pair_checks"] = study_errors.check_pairs(os.path.join(phase_dir, "pairs"), world)
         cells.append({"name": cell.name, "stage_type": cell.stage_type, "pair_type": cell.pair_type,
                       "seed": cell.seed, "directory": os.path.relpath(directory, out), "phases": phases,
                       "wall_seconds": summary["wall_seconds"], "model": summary["config"]["model"]})
@@ -98,6 +99,9 @@ def _stage_types(cells: list[dict]) -> dict[str, Any]:
             for stage_type in formats.STAGE_TYPES}
 
 
+PAIR_CHECKS = ("chosen_right", "rejected_right", "same_texts")
+
+
 def _self_reflection(cells: list[dict], iterations: int) -> dict[str, Any]:
     """Claims 2 and 3: each DPO variant's iterations against phase 1 and against DPO on both kinds of pairs."""
     phase_one = _test_accuracy(cells, "full")
@@ -120,7 +124,11 @@ def _self_reflection(cells: list[dict], iterations: int) -> dict[str, Any]:
                           for stage in PAIR_STAGE_TYPES[pair_type]},
                 "training": {key: _spread([phase["training"][key] for phase in trained
                                            if phase["training"][key] is not None])["mean"]
-                             for key in ("first_dpo_loss", "last_dpo_loss", "last_reward_accuracy")}})
+                             for key in ("first_dpo_loss", "last_dpo_loss", "last_reward_accuracy")},
+                "pair_checks": {stage: {key: _spread([phase["pair_checks"][stage][key] for phase in trained
+                                                      if phase["pair_checks"][stage][key] is not None])["mean"]
+                                        for key in PAIR_CHECKS}
+                                for stage in PAIR_STAGE_TYPES[pair_type]}})
         variants[pair_type] = rows
     return {"phase_one": _spread(list(phase_one.values())), "variants": variants}
 
@@ -181,6 +189,10 @@ def _share(value: Optional[float]) -> str:
     return report.MISSING if value is None else f"{100 * value:.1f}%"
 
 
+def _count(value: Optional[float]) -> str:
+    return report.MISSING if value is None else f"{value:,.0f}"
+
+
 def _number(value: Optional[float], digits: int = 3) -> str:
     return report.MISSING if value is None else f"{value:.{digits}g}"
 
@@ -209,7 +221,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
                        "recall pairs", "analyze pairs", "DPO loss first -> last", "reward accuracy (last step)"),
                       [[pair_type, str(row["iteration"]), _mean_std(row), _difference(row["minus_phase_one"]),
                         _difference(row["minus_both_pairs"]) if pair_type != "recall_analyze" else "",
-                        _number(row["pairs"].get("recall")), _number(row["pairs"].get("analyze")),
+                        _count(row["pairs"].get("recall")), _count(row["pairs"].get("analyze")),
                         f"{_number(row['training']['first_dpo_loss'])} -> "
                         f"{_number(row['training']['last_dpo_loss'])}",
                         _number(row["training"]["last_reward_accuracy"])]
@@ -217,6 +229,19 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "Pairs are the kinds each variant trains on, per iteration, averaged over seeds (an iteration without "
         "pairs does not train); the DPO loss and reward accuracy are those of the iteration's first and last "
         "logged steps (each logged value averages the steps since the one before).", "",
+        "The same pairs checked against the world's facts (`study_errors`): the share whose chosen and whose "
+        "rejected text is right (a recall that states the true value, an analysis whose verdict on its option is "
+        "right), and the share whose two texts are the same, which DPO cannot learn from (the official rules keep "
+        "them).", "",
+        report.markdown_table(("DPO pairs", "iteration", "recall: chosen right", "recall: rejected right",
+                               "analyze: chosen right", "analyze: rejected right", "analyze: same texts"),
+                              [[pair_type, str(row["iteration"]),
+                                *(_share(row["pair_checks"].get(stage, {}).get(key))
+                                  for stage, key in (("recall", "chosen_right"), ("recall", "rejected_right"),
+                                                     ("analyze", "chosen_right"), ("analyze", "rejected_right"),
+                                                     ("analyze", "same_texts")))]
+                               for pair_type, rows in summary["self_reflection"]["variants"].items()
+                               for row in rows]), "",
         f"## 4. Self-consistency ({summary['self_consistency']['num_chains']} chains) against one greedy chain", "",
         report.markdown_table(("phase", "greedy", "vote", "vote minus greedy"),
                       [[row["phase"], _mean_std(row["greedy"]), _mean_std(row["vote"]),
