@@ -44,7 +44,7 @@ def test_a_truthful_teachers_chains_pass_and_a_noisy_ones_name_a_wrong_category(
         for question in world.questions[variant]["train"][:150]:
             truth = world.truth(question.id)
             check = study_errors.check_chain(teacher_chain(world, question), question.answer, truth, world.categories)
-            assert check == study_errors.ChainCheck(True, True, True, True)
+            assert check == study_errors.ChainCheck(True, True, True, False, False, True)
             check = study_errors.check_chain(teacher_chain(world, question, noise=0.5), question.answer, truth,
                                              world.categories)
             assert check.true_value and check.verdicts and check.correct
@@ -58,13 +58,14 @@ def test_a_flipped_verdict_a_wrong_value_and_a_wrong_answer_are_caught(world):
     wrong = next(q for q in world.questions["yesno"]["train"] if q.answer == "B" and world.truth(q.id) != truth)
     chain = teacher_chain(world, question)
     flipped = {**chain, "analyses": teacher_chain(world, wrong)["analyses"]}  # "..., not <claim>."
-    assert not study_errors.check_chain(flipped, "A", truth, world.categories).verdicts
+    check = study_errors.check_chain(flipped, "A", truth, world.categories)
+    assert not check.verdicts and check.rejects_right and not check.accepts_wrong
     other_value = {**chain, "recall": chain["recall"].replace(truth.value, "zzz")}
     assert not study_errors.check_chain(other_value, "A", truth, world.categories).true_value
     assert not study_errors.check_chain({**chain, "prediction": "B"}, "A", truth, world.categories).correct
     summary_only = {**chain, "recall": None, "analyses": None}
     assert study_errors.check_chain(summary_only, "A", truth, world.categories) == study_errors.ChainCheck(
-        None, None, None, True)
+        None, None, None, None, None, True)
 
 
 def test_check_predictions_gives_shares_and_the_accuracy_by_verdict(world, tmp_path):
@@ -81,7 +82,9 @@ def test_check_predictions_gives_shares_and_the_accuracy_by_verdict(world, tmp_p
     path = tmp_path / "predictions_test.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     result = study_errors.check_predictions(str(path), world)
-    assert result == {"questions": 4, "own_category": 1.0, "true_value": 1.0, "verdicts": 0.75, "correct": 0.75,
+    assert result == {"questions": 4, "own_category": 1.0, "true_value": 1.0, "verdicts": 0.75,
+                      "accepts_wrong": 0.25 * (questions[0].answer == "B"),
+                      "rejects_right": 0.25 * (questions[0].answer == "A"), "correct": 0.75,
                       "correct_when_verdicts_right": pytest.approx(2 / 3), "correct_when_verdicts_wrong": 1.0}
 
 
@@ -104,8 +107,9 @@ def test_check_pairs_tells_right_texts_from_wrong_ones_and_counts_identical_pair
             f.writelines(json.dumps(row) + "\n" for row in rows)
     checks = study_errors.check_pairs(str(tmp_path), world)
     assert checks["recall"] == {"pairs": 4, "chosen_right": 1.0, "rejected_right": 0.0, "same_texts": 0.0}
-    assert checks["analyze"] == {"pairs": 8, "chosen_right": 1.0, "rejected_right": 1 / 8, "same_texts": 1 / 8}
+    assert checks["analyze"] == {"pairs": 8, "chosen_right": 1.0, "rejected_right": 1 / 8, "same_texts": 1 / 8,
+                                 "chosen_fits": sum(bool(world.truth(q.id).fitting_labels) for q in questions) / 4}
     empty = tmp_path / "none"
     empty.mkdir()
     assert study_errors.check_pairs(str(empty), world)["analyze"] == {
-        "pairs": 0, "chosen_right": None, "rejected_right": None, "same_texts": None}
+        "pairs": 0, "chosen_right": None, "rejected_right": None, "same_texts": None, "chosen_fits": None}

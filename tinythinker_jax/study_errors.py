@@ -27,12 +27,18 @@ class ChainCheck:
         own_category: The recall names the entity's category and no other.
         true_value: The recall states the entity's value of the attribute asked about.
         verdicts: Every option's analysis fits exactly when the option fits the facts.
+        accepts_wrong: Some option that does not fit the facts is analysed as fitting (for yes/no: a false claim
+            is accepted).
+        rejects_right: Some option that fits the facts is analysed as not fitting (for yes/no: a true claim is
+            rejected).
         correct: The chain's answer is the gold one.
     """
 
     own_category: Optional[bool]
     true_value: Optional[bool]
     verdicts: Optional[bool]
+    accepts_wrong: Optional[bool]
+    rejects_right: Optional[bool]
     correct: bool
 
 
@@ -47,8 +53,12 @@ def _states_value(recall: str, truth: Truth) -> bool:
     return re.search(rf"\b{re.escape(truth.value)}\b", recall.lower()) is not None
 
 
+def _says_fits(analysis: str) -> bool:
+    return "not" not in _words(analysis)
+
+
 def _verdict_right(analysis: str, label: str, truth: Truth) -> bool:
-    return ("not" not in _words(analysis)) == (label in truth.fitting_labels)
+    return _says_fits(analysis) == (label in truth.fitting_labels)
 
 
 def check_chain(chain: dict[str, Any], answer: str, truth: Truth, categories: Sequence[str]) -> ChainCheck:
@@ -63,15 +73,20 @@ def check_chain(chain: dict[str, Any], answer: str, truth: Truth, categories: Se
     Returns:
         The chain's check.
     """
-    own_category = true_value = verdicts = None
+    own_category = true_value = verdicts = accepts_wrong = rejects_right = None
     if chain["recall"] is not None:
         words = set(_words(chain["recall"]))
         named = {category for category in categories if {category, category + "s"} & words}
         own_category = named == {truth.category}
         true_value = _states_value(chain["recall"], truth)
     if chain["analyses"] is not None:
-        verdicts = all(_verdict_right(text, label, truth) for label, text in chain["analyses"].items())
-    return ChainCheck(own_category, true_value, verdicts, chain["prediction"] == answer)
+        fitting = {label: label in truth.fitting_labels for label in chain["analyses"]}
+        says_fits = {label: _says_fits(text) for label, text in chain["analyses"].items()}
+        accepts_wrong = any(says_fits[label] and not fitting[label] for label in fitting)
+        rejects_right = any(fitting[label] and not says_fits[label] for label in fitting)
+        verdicts = not (accepts_wrong or rejects_right)
+    return ChainCheck(own_category, true_value, verdicts, accepts_wrong, rejects_right,
+                      chain["prediction"] == answer)
 
 
 def check_predictions(path: str, world: ToyWorld) -> dict[str, Any]:
@@ -129,18 +144,23 @@ def check_pairs(pairs_dir: str, world: ToyWorld) -> dict[str, dict[str, Any]]:
         world: The toy world the questions come from.
 
     Returns:
-        Per kind of pair: `pairs`; the shares of pairs whose chosen and whose rejected text is right; and the
-        share whose chosen and rejected texts are the same, which give DPO nothing to learn (None without pairs).
+        Per kind of pair: `pairs`; the shares of pairs whose chosen and whose rejected text is right; the share
+        whose chosen and rejected texts are the same, which give DPO nothing to learn; and for analyze pairs the
+        share whose chosen analysis says its option fits (the verdict DPO is taught to prefer). Shares are None
+        without pairs.
     """
     result = {}
     for stage in ("recall", "analyze"):
         rows = _read_rows(sampling.pairs_path(pairs_dir, stage))
-        counts = {"chosen_right": 0, "rejected_right": 0, "same_texts": 0}
+        counts = {"chosen_right": 0, "rejected_right": 0, "same_texts": 0,
+                  **({"chosen_fits": 0} if stage == "analyze" else {})}
         for row in rows:
             truth = world.truth(row["id"])
             counts["chosen_right"] += _pair_text_right(stage, row["prompt"], row["chosen"], truth)
             counts["rejected_right"] += _pair_text_right(stage, row["prompt"], row["rejected"], truth)
             counts["same_texts"] += row["chosen"] == row["rejected"]
+            if stage == "analyze":
+                counts["chosen_fits"] += _says_fits(row["chosen"])
         result[stage] = {"pairs": len(rows), **{key: count / len(rows) if rows else None
                                                 for key, count in counts.items()}}
     return result

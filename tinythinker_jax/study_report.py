@@ -99,7 +99,8 @@ def _stage_types(cells: list[dict]) -> dict[str, Any]:
             for stage_type in formats.STAGE_TYPES}
 
 
-PAIR_CHECKS = ("chosen_right", "rejected_right", "same_texts")
+PAIR_CHECKS = {"recall": ("chosen_right", "rejected_right", "same_texts"),
+               "analyze": ("chosen_right", "rejected_right", "same_texts", "chosen_fits")}
 
 
 def _self_reflection(cells: list[dict], iterations: int) -> dict[str, Any]:
@@ -127,7 +128,7 @@ def _self_reflection(cells: list[dict], iterations: int) -> dict[str, Any]:
                              for key in ("first_dpo_loss", "last_dpo_loss", "last_reward_accuracy")},
                 "pair_checks": {stage: {key: _spread([phase["pair_checks"][stage][key] for phase in trained
                                                       if phase["pair_checks"][stage][key] is not None])["mean"]
-                                        for key in PAIR_CHECKS}
+                                        for key in PAIR_CHECKS[stage]}
                                 for stage in PAIR_STAGE_TYPES[pair_type]}})
         variants[pair_type] = rows
     return {"phase_one": _spread(list(phase_one.values())), "variants": variants}
@@ -231,15 +232,16 @@ def render_markdown(summary: dict[str, Any]) -> str:
         "logged steps (each logged value averages the steps since the one before).", "",
         "The same pairs checked against the world's facts (`study_errors`): the share whose chosen and whose "
         "rejected text is right (a recall that states the true value, an analysis whose verdict on its option is "
-        "right), and the share whose two texts are the same, which DPO cannot learn from (the official rules keep "
-        "them).", "",
+        "right), the share whose two texts are the same, which DPO cannot learn from (the official rules keep "
+        "them), and the share of analyze pairs whose chosen analysis says its option fits.", "",
         report.markdown_table(("DPO pairs", "iteration", "recall: chosen right", "recall: rejected right",
-                               "analyze: chosen right", "analyze: rejected right", "analyze: same texts"),
+                               "analyze: chosen right", "analyze: rejected right", "analyze: same texts",
+                               "analyze: chosen says fits"),
                               [[pair_type, str(row["iteration"]),
                                 *(_share(row["pair_checks"].get(stage, {}).get(key))
                                   for stage, key in (("recall", "chosen_right"), ("recall", "rejected_right"),
                                                      ("analyze", "chosen_right"), ("analyze", "rejected_right"),
-                                                     ("analyze", "same_texts")))]
+                                                     ("analyze", "same_texts"), ("analyze", "chosen_fits")))]
                                for pair_type, rows in summary["self_reflection"]["variants"].items()
                                for row in rows]), "",
         f"## 4. Self-consistency ({summary['self_consistency']['num_chains']} chains) against one greedy chain", "",
@@ -248,15 +250,17 @@ def render_markdown(summary: dict[str, Any]) -> str:
                         _difference(row["vote_minus_greedy"])] for row in summary["self_consistency"]["phases"]]),
         "", "## 5. Where the errors are", "",
         report.markdown_table(("setting", "phase", "recall: own category", "recall: true value",
-                               "analysis verdicts right", "answer right", "answer right when verdicts right",
-                               "answer right when verdicts wrong"),
+                               "analysis verdicts right", "accepts a wrong option", "rejects a right option",
+                               "answer right", "answer right when verdicts right", "answer right when verdicts wrong"),
                               [[row["setting"], row["phase"], *(_share(row[key]) for key in CHECKED)]
                                for row in summary["chain_checks"]]), "",
         "Each greedy test chain checked against the world's facts (`study_errors`), as shares of the test questions "
         "averaged over seeds: the recall names the entity's own category (a noisy teacher's rationales name "
         "another), the recall states the attribute's true value (what the answer needs), every option's analysis "
-        "fits exactly when the option fits the facts, and the answer; then the answer's accuracy among the chains "
-        "whose verdicts are right and among those whose verdicts are wrong. A stage the setting lacks shows "
+        "fits exactly when the option fits the facts (else it accepts an option that does not fit, such as a "
+        "false yes/no claim, or rejects one that does, or both), and the answer; then the answer's accuracy "
+        "among the chains whose verdicts are right and among those whose verdicts are wrong. A stage the setting "
+        "lacks shows "
         f"{report.MISSING}.", "",
         f"![test accuracy]({STUDY_PLOT})", ""]
     return "\n".join(lines)
