@@ -7,9 +7,13 @@ import tempfile
 import pytest
 import sentencepiece as spm
 
-# Many tests build the same tiny models: a persistent compilation cache (shared with the subprocesses
-# they start, through the environment) compiles each program once per test session.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="tinythinker-jax-cache-"))
+# Many tests build the same tiny models: a persistent compilation cache (shared with the xdist workers and
+# the subprocesses tests start, through the environment) compiles each program once per test session. The
+# process that made it removes it at the session's end.
+_SESSION_CACHE_DIR = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _SESSION_CACHE_DIR = tempfile.mkdtemp(prefix="tinythinker-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE_DIR
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
@@ -19,6 +23,11 @@ _VOCAB_TEXT = [
     "A sofa is furniture, and furniture is kept in a house, not in the ocean or the sky.",
     "Does a zorblat eat copper? yes no Key Information: Explanations: is correct. Because incorrect.",
 ]
+
+
+def pytest_unconfigure(config):
+    if _SESSION_CACHE_DIR is not None:
+        shutil.rmtree(_SESSION_CACHE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
