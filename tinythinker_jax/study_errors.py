@@ -89,6 +89,13 @@ def check_chain(chain: dict[str, Any], answer: str, truth: Truth, categories: Se
                       chain["prediction"] == answer)
 
 
+def _read_rows(path: str) -> list[dict[str, Any]]:
+    if not os.path.exists(path):  # e.g. a kind of pair an iteration sampled none of
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def check_predictions(path: str, world: ToyWorld) -> dict[str, Any]:
     """Checks the first (for a greedy evaluation, the only) chain of every question in a predictions file.
 
@@ -100,10 +107,8 @@ def check_predictions(path: str, world: ToyWorld) -> dict[str, Any]:
         `questions`; per check, the share of chains that pass it (None when the stage type lacks its stage);
         and the accuracy of the chains whose analysis verdicts are right and of those whose are wrong.
     """
-    with open(path, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
     checks = [check_chain(row["chains"][0], row["answer"], world.truth(row["id"]), world.categories)
-              for row in rows]
+              for row in _read_rows(path)]
 
     def share(values: list[bool]) -> Optional[float]:
         return sum(values) / len(values) if values else None
@@ -124,13 +129,6 @@ def _pair_text_right(stage: str, prompt: str, text: str, truth: Truth) -> bool:
     if option is None:
         raise ValueError(f"an analyze pair's prompt names no option: {prompt!r}")
     return _verdict_right(text, option.group(1), truth)
-
-
-def _read_rows(path: str) -> list[dict[str, Any]]:
-    if not os.path.exists(path):  # a kind of pair the iteration sampled none of
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def check_pairs(pairs_dir: str, world: ToyWorld) -> dict[str, dict[str, Any]]:
